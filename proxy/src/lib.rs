@@ -1,1 +1,24 @@
+//! wsgate: a TLS-terminating reverse proxy and sticky load balancer for
+//! WebSockets.
+//!
+//! Pure modules (no I/O, unit-tested and benchmarked): [`ring`] (which
+//! backend a key belongs to), [`frame`] (where frames start), [`handshake`],
+//! [`sticky`], [`route`] and [`config`] validation. I/O modules: [`tls`],
+//! [`upstream`], [`tunnel`], [`gateway`] and [`server`]. `ARCHITECTURE.md`
+//! draws how they connect.
 
+#![forbid(unsafe_code)]
+
+pub mod bufpool;
+pub mod config;
+pub mod frame;
+pub mod gateway;
+pub mod handshake;
+pub mod ring;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod sticky;
+pub mod tls;
+pub mod tunnel;
+pub mod upstream;

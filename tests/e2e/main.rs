@@ -1,1 +1,8 @@
+//! End-to-end tests: real wsgate, real backends, real clients, loopback only.
+//! Each test starts its own processes on port 0 and kills them when done.
 
+mod cli;
+mod data;
+mod failures;
+mod plain_http;
+mod stickiness;

@@ -1,1 +1,443 @@
+//! Test harness: starts real `wsgate` and `chat-backend` processes on
+//! loopback port 0, learns their addresses from the line each prints, and
+//! builds real WebSocket clients (tokio-tungstenite over rustls) that trust
+//! the dev certificate. Every process is killed when its handle drops, and
+//! every network await in here has a timeout.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for any single network step in tests.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary; `scripts/test.sh` builds them first.
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-test-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Spawns `cmd` and waits (bounded) until stdout prints a line for which
+    /// `ready` returns Some.
+    fn spawn<T>(
+        mut cmd: Command,
+        mut ready: impl FnMut(&str) -> Option<T>,
+        count: usize,
+    ) -> Result<(Proc, Vec<T>)> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().context("spawn")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = Proc { child, lines: rx };
+        let mut found = Vec::new();
+        let deadline = std::time::Instant::now() + STEP;
+        while found.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match proc.lines.recv_timeout(left) {
+                Ok(line) => found.extend(ready(&line)),
+                Err(_) => {
+                    let status = proc.child.try_wait().ok().flatten();
+                    bail!("process did not become ready (exit status {status:?})");
+                }
+            }
+        }
+        Ok((proc, found))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to this process only.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits (bounded) for the process to exit and returns its code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `chat-backend`.
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Backend {
+    pub fn start(id: &str) -> Result<Backend> {
+        Backend::start_on(id, "127.0.0.1:0")
+    }
+
+    pub fn start_on(id: &str, listen: &str) -> Result<Backend> {
+        let mut cmd = Command::new(bin("chat-backend"));
+        cmd.args(["--listen", listen, "--id", id]);
+        let (proc, addrs) = Proc::spawn(
+            cmd,
+            |line| {
+                line.rsplit_once(" listening on ")
+                    .and_then(|(_, a)| a.trim().parse().ok())
+            },
+            1,
+        )?;
+        Ok(Backend {
+            id: id.to_string(),
+            addr: addrs[0],
+            proc,
+        })
+    }
+}
+
+/// A running `wsgate` with its config in a scratch directory.
+pub struct Gate {
+    pub dir: PathBuf,
+    /// Listener addresses in the order they were announced.
+    pub addrs: Vec<SocketAddr>,
+    pub proc: Proc,
+}
+
+impl Gate {
+    /// Starts wsgate from YAML text; `listeners` is how many to wait for.
+    pub fn start(yaml: &str, listeners: usize) -> Result<Gate> {
+        Gate::start_in(scratch("gate"), yaml, listeners)
+    }
+
+    pub fn start_in(dir: PathBuf, yaml: &str, listeners: usize) -> Result<Gate> {
+        let config = dir.join("wsgate.yaml");
+        std::fs::write(&config, yaml)?;
+        let mut cmd = Command::new(bin("wsgate"));
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        let (proc, addrs) = Proc::spawn(
+            cmd,
+            |line| {
+                let rest = line.strip_prefix("wsgate: listener ")?;
+                let url = rest.split(" on ").nth(1)?;
+                url.split("://").nth(1)?.parse().ok()
+            },
+            listeners,
+        )?;
+        Ok(Gate { dir, addrs, proc })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("dev.crt")
+    }
+}
+
+/// YAML for one TLS listener with a generated certificate, in front of the
+/// given backends, sticky on `?user=`, plus any extra top-level YAML.
+pub fn tls_config(backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
+    let mut pool = String::new();
+    for (id, addr, weight) in backends {
+        pool.push_str(&format!(
+            "      - {{ id: {id}, address: \"{addr}\", weight: {weight} }}\n"
+        ));
+    }
+    format!(
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{ cert: dev.crt, key: dev.key, generate_if_missing: true }}\n\
+routes:\n  - path_prefix: /\n    pool: chat\n    sticky_key: [\"query:user\", \"header:x-user-id\", \"cookie:session\"]\n\
+pools:\n  chat:\n    backends:\n{pool}{extra}"
+    )
+}
+
+/// A rustls client config trusting exactly the given PEM certificate.
+pub fn client_tls(cert: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let pem = std::fs::read(cert).with_context(|| format!("read {}", cert.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile_certs(&pem) {
+        roots.add(c)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            inside = true;
+            body.clear();
+        } else if line.starts_with("-----END CERTIFICATE") {
+            inside = false;
+            if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body.trim()) {
+                out.push(der.into());
+            }
+        } else if inside {
+            body.push_str(line.trim());
+        }
+    }
+    out
+}
+
+/// Opens `wss://localhost:PORT{path}` through wsgate.
+pub async fn wss(gate: &Gate, path: &str) -> Result<Ws> {
+    let url = format!("wss://localhost:{}{path}", gate.addr().port());
+    let tls = client_tls(&gate.cert())?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (ws, _resp) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(config),
+            false,
+            Some(Connector::Rustls(tls)),
+        ),
+    )
+    .await
+    .context("connect timed out")??;
+    Ok(ws)
+}
+
+/// Reads the backend's hello and returns its id.
+pub async fn hello(ws: &mut Ws) -> Result<String> {
+    let msg = next(ws).await?;
+    let text = msg
+        .into_text()
+        .map_err(|e| anyhow!("hello not text: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(text.as_str())?;
+    if v["type"] != "hello" {
+        bail!("expected hello, got {text}");
+    }
+    v["backend"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no backend in {text}"))
+}
+
+/// Next message, with a timeout; a closed stream is an error.
+pub async fn next(ws: &mut Ws) -> Result<Message> {
+    match tokio::time::timeout(STEP, ws.next()).await {
+        Err(_) => bail!("timed out waiting for a message"),
+        Ok(None) => bail!("stream ended"),
+        Ok(Some(m)) => Ok(m?),
+    }
+}
+
+/// Connects `user` over wss and returns the backend that greeted it.
+pub async fn backend_of(gate: &Gate, user: &str) -> Result<String> {
+    let mut ws = wss(gate, &format!("/echo?user={user}")).await?;
+    let id = hello(&mut ws).await?;
+    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
+    Ok(id)
+}
+
+/// Opens a TLS connection to wsgate for hand-written requests.
+pub async fn tls_stream(gate: &Gate) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tls = client_tls(&gate.cert())?;
+    let tcp = tokio::time::timeout(STEP, TcpStream::connect(gate.addr())).await??;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let s = tokio::time::timeout(
+        STEP,
+        tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+    )
+    .await??;
+    Ok(s)
+}
+
+/// Sends raw request bytes and returns the whole response head plus
+/// whatever body arrived before the server closed or 2 s of silence.
+pub async fn raw_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+) -> Result<String> {
+    tokio::time::timeout(STEP, stream.write_all(request)).await??;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if response_complete(&out) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// True once a head and its Content-Length body (if any) are in.
+fn response_complete(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let Some(head_end) = text.find("\r\n\r\n") else {
+        return false;
+    };
+    let len = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    bytes.len() >= head_end + 4 + len
+}
+
+/// Status code of a raw HTTP response.
+pub fn status_of(response: &str) -> Option<u16> {
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A plain HTTPS request through wsgate; returns (status, headers, body).
+pub async fn https(
+    gate: &Gate,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, String, Vec<u8>)> {
+    let mut s = tls_stream(gate).await?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    tokio::time::timeout(STEP, s.write_all(&req)).await??;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(STEP, s.read_to_end(&mut out)).await;
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no response head in {:?}", String::from_utf8_lossy(&out)))?;
+    let head = String::from_utf8_lossy(&out[..head_end]).into_owned();
+    let status = status_of(&head).ok_or_else(|| anyhow!("bad status line: {head}"))?;
+    Ok((status, head, out[head_end + 4..].to_vec()))
+}
+
+/// A keep-alive HTTPS/1.1 client connection to wsgate, for many small
+/// requests without a TLS handshake each.
+pub struct KeepAlive {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn open(gate: &Gate) -> Result<KeepAlive> {
+        Ok(KeepAlive {
+            stream: tls_stream(gate).await?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// GET `path`; returns status and body (responses must carry Content-Length).
+    pub async fn get(&mut self, path: &str) -> Result<(u16, Vec<u8>)> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        tokio::time::timeout(STEP, self.stream.write_all(req.as_bytes())).await??;
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let status = status_of(&head).ok_or_else(|| anyhow!("bad head {head}"))?;
+        let len = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .ok_or_else(|| anyhow!("no content-length in {head}"))?;
+        while self.buf.len() < head_end + 4 + len {
+            self.fill().await?;
+        }
+        let body = self.buf[head_end + 4..head_end + 4 + len].to_vec();
+        self.buf.drain(..head_end + 4 + len);
+        Ok((status, body))
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(STEP, self.stream.read(&mut chunk)).await??;
+        if n == 0 {
+            bail!("connection closed mid-response");
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! The serde mirror of `wsgate.yaml`: exactly what the file may say, nothing
+//! more. Unknown keys are rejected here (`deny_unknown_fields`) so typos fail
+//! loudly. Semantic checks and typing (addresses, durations, references
+//! between sections) happen in `config::validate`, which turns this into the
+//! runtime [`Config`](super::Config).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listeners: Vec<FileListener>,
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, FilePool>,
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub runtime: FileRuntime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub certificates: Vec<FileCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cert: String,
+    pub key: String,
+    /// SNI names this certificate answers for (exact or `*.suffix`). A
+    /// certificate without names is the default for unmatched or absent SNI.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Create a self-signed localhost certificate at `cert`/`key` when the
+    /// files do not exist. For demos and development only.
+    #[serde(default)]
+    pub generate_if_missing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub pool: String,
+    #[serde(default)]
+    pub sticky_key: Vec<String>,
+    #[serde(default)]
+    pub on_missing_key: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+fn default_prefix() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    pub backends: Vec<FileBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    pub id: String,
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Durations are strings such as `500ms`, `10s`, `15m`, `1h`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub handshake: Option<String>,
+    pub backend_connect: Option<String>,
+    pub backend_response: Option<String>,
+    pub idle: Option<String>,
+    pub close: Option<String>,
+}
+
+/// Sizes are integers (bytes) or strings such as `16KiB`, `16MiB`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_header_bytes: Option<serde_yaml_ng::Value>,
+    pub max_message_bytes: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRuntime {
+    /// Worker threads; 0 or absent means one per core.
+    pub threads: Option<usize>,
+}

@@ -1,0 +1,549 @@
+//! Configuration: loading `wsgate.yaml`, validating it, and the typed runtime
+//! form the rest of the proxy uses.
+//!
+//! The file is deserialised into a serde mirror ([`file`]), then converted
+//! into [`Config`]; the conversion *is* the validation, so a `Config` value is
+//! always usable. Every problem is reported with the file, the key path and
+//! line:column, and all problems are reported at once. Loading does I/O only
+//! to read the file; [`Config::from_source`] is pure.
+
+pub mod file;
+pub mod locate;
+pub mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::route::HostMatch;
+use crate::sticky::KeySource;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    /// Sorted by name; routes refer to pools by index.
+    pub pools: Vec<Pool>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub runtime: Runtime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub certificates: Vec<Certificate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// Resolved against the config file's directory.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_names: Vec<HostMatch>,
+    pub generate_if_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub pool: usize,
+    pub sticky_key: Vec<KeySource>,
+    pub on_missing_key: OnMissingKey,
+    /// `None` accepts any Origin.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// What to do when none of a route's sticky-key sources is present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissingKey {
+    /// Hash the client's IP address instead (the default).
+    ClientIp,
+    /// Answer 400 and name the sources that were tried.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable identity used for hashing; changing an address keeps the users.
+    pub id: String,
+    /// `host:port`; a host name is resolved at connect time.
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TLS handshake plus the request head.
+    pub handshake: Duration,
+    pub backend_connect: Duration,
+    /// Backend's response head (the 101 for WebSockets).
+    pub backend_response: Duration,
+    /// A tunnel with no bytes either way for this long is closed (1001).
+    pub idle: Duration,
+    /// How long to wait for the peer's Close after wsgate sent one.
+    pub close: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    /// Largest WebSocket message (sum of its frames); larger ones close 1009.
+    pub max_message_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    pub threads: usize,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            backend_connect: Duration::from_secs(3),
+            backend_response: Duration::from_secs(10),
+            idle: Duration::from_secs(15 * 60),
+            close: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line:column`, or just `file` when the position is unknown.
+    pub location: String,
+    /// Key path such as `pools.chat.backends[1].address`; empty for syntax errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.location, self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions).
+    #[error("{file}: cannot read config: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_source(&source, &path.display().to_string(), base)
+    }
+
+    /// Validates config text. `name` is used in error locations and `base` to
+    /// resolve relative certificate paths.
+    pub fn from_source(source: &str, name: &str, base: &Path) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(source);
+        let parsed: file::FileConfig = match serde_path_to_error::deserialize(de) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let location = match inner.location() {
+                    Some(l) => format!("{name}:{}:{}", l.line(), l.column()),
+                    None => name.to_string(),
+                };
+                let path = if path == "." { String::new() } else { path };
+                return Err(ConfigError::Invalid(vec![Problem {
+                    location,
+                    path,
+                    message: strip_position(&inner.to_string()),
+                }]));
+            }
+        };
+        let mut v = Validator {
+            name,
+            locator: locate::Locator::new(source),
+            problems: Vec::new(),
+        };
+        let config = v.config(parsed, base);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(v.problems))
+        }
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
+
+/// serde_yaml appends "at line X column Y" to its messages; we print the
+/// position in front instead, the way compilers do.
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    name: &'a str,
+    locator: locate::Locator,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        let location = match self.locator.find(path) {
+            Some(p) => format!("{}:{}:{}", self.name, p.line, p.column),
+            None => self.name.to_string(),
+        };
+        self.problems.push(Problem {
+            location,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, f: file::FileConfig, base: &Path) -> Config {
+        let pools = self.pools(f.pools);
+        let listeners = self.listeners(f.listeners, base);
+        let routes = self.routes(f.routes, &pools);
+        let timeouts = self.timeouts(f.timeouts);
+        let limits = self.limits(f.limits);
+        let threads = f.runtime.threads.unwrap_or(0);
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        Config {
+            listeners,
+            routes,
+            pools,
+            timeouts,
+            limits,
+            runtime: Runtime { threads },
+        }
+    }
+
+    fn listeners(&mut self, list: Vec<file::FileListener>, base: &Path) -> Vec<Listener> {
+        if list.is_empty() {
+            self.problem("listeners", "at least one listener is required");
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        let mut out = Vec::new();
+        for (i, l) in list.into_iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            if !names.insert(l.name.clone()) {
+                self.problem(
+                    &format!("{path}.name"),
+                    format!("duplicate listener name `{}`", l.name),
+                );
+            }
+            let address = match l.address.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.problem(
+                        &format!("{path}.address"),
+                        format!(
+                            "`{}` is not an IP:port address such as 0.0.0.0:8443",
+                            l.address
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if address.port() != 0 && !addresses.insert(address) {
+                self.problem(
+                    &format!("{path}.address"),
+                    format!("{address} is used by two listeners"),
+                );
+            }
+            let tls = l.tls.map(|t| self.tls(t, &format!("{path}.tls"), base));
+            out.push(Listener {
+                name: l.name,
+                address,
+                tls,
+            });
+        }
+        out
+    }
+
+    fn tls(&mut self, t: file::FileTls, path: &str, base: &Path) -> Tls {
+        if t.certificates.is_empty() {
+            self.problem(
+                &format!("{path}.certificates"),
+                "a TLS listener needs at least one certificate",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, c) in t.certificates.into_iter().enumerate() {
+            let cpath = format!("{path}.certificates[{i}]");
+            let mut server_names = Vec::new();
+            for (j, n) in c.server_names.iter().enumerate() {
+                match HostMatch::parse(n) {
+                    Ok(HostMatch::Any) | Err(_) => self.problem(
+                        &format!("{cpath}.server_names[{j}]"),
+                        format!("`{n}` is not a host name or *.suffix pattern"),
+                    ),
+                    Ok(m) => server_names.push(m),
+                }
+            }
+            certificates.push(Certificate {
+                cert: base.join(&c.cert),
+                key: base.join(&c.key),
+                server_names,
+                generate_if_missing: c.generate_if_missing,
+            });
+        }
+        Tls { certificates }
+    }
+
+    fn pools(&mut self, pools: std::collections::BTreeMap<String, file::FilePool>) -> Vec<Pool> {
+        let mut out = Vec::new();
+        for (name, p) in pools {
+            let path = format!("pools.{name}");
+            if p.backends.is_empty() {
+                self.problem(
+                    &format!("{path}.backends"),
+                    "a pool needs at least one backend",
+                );
+            }
+            let mut ids = HashSet::new();
+            let mut backends = Vec::new();
+            for (i, b) in p.backends.into_iter().enumerate() {
+                let bpath = format!("{path}.backends[{i}]");
+                if b.id.is_empty() || b.id.contains(['/', ' ']) {
+                    self.problem(
+                        &format!("{bpath}.id"),
+                        "a backend id must be non-empty, with no `/` or spaces",
+                    );
+                }
+                if !ids.insert(b.id.clone()) {
+                    self.problem(
+                        &format!("{bpath}.id"),
+                        format!("duplicate backend id `{}` in pool `{name}`", b.id),
+                    );
+                }
+                if !valid_host_port(&b.address) {
+                    self.problem(
+                        &format!("{bpath}.address"),
+                        format!(
+                            "`{}` is not host:port (e.g. 127.0.0.1:9001 or chat-1.internal:9001)",
+                            b.address
+                        ),
+                    );
+                }
+                backends.push(Backend {
+                    id: b.id,
+                    address: b.address,
+                    weight: b.weight,
+                });
+            }
+            if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+                self.problem(
+                    &format!("{path}.backends"),
+                    "every backend has weight 0, so no user can be served",
+                );
+            }
+            out.push(Pool { name, backends });
+        }
+        out
+    }
+
+    fn routes(&mut self, routes: Vec<file::FileRoute>, pools: &[Pool]) -> Vec<Route> {
+        if routes.is_empty() {
+            self.problem("routes", "at least one route is required");
+        }
+        let mut out = Vec::new();
+        for (i, r) in routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let host = match r.host.as_deref().map(HostMatch::parse) {
+                None => HostMatch::Any,
+                Some(Ok(h)) => h,
+                Some(Err(e)) => {
+                    self.problem(&format!("{path}.host"), e);
+                    HostMatch::Any
+                }
+            };
+            if !r.path_prefix.starts_with('/') {
+                self.problem(&format!("{path}.path_prefix"), "must start with `/`");
+            }
+            let pool = pools.iter().position(|p| p.name == r.pool);
+            if pool.is_none() {
+                let known: Vec<_> = pools.iter().map(|p| p.name.as_str()).collect();
+                self.problem(
+                    &format!("{path}.pool"),
+                    format!("unknown pool `{}` (defined: {})", r.pool, known.join(", ")),
+                );
+            }
+            let mut sticky_key = Vec::new();
+            for (j, s) in r.sticky_key.iter().enumerate() {
+                match KeySource::parse(s) {
+                    Ok(k) => sticky_key.push(k),
+                    Err(e) => self.problem(&format!("{path}.sticky_key[{j}]"), e),
+                }
+            }
+            let on_missing_key = match r.on_missing_key.as_deref() {
+                None | Some("client_ip") => OnMissingKey::ClientIp,
+                Some("reject") => OnMissingKey::Reject,
+                Some(other) => {
+                    self.problem(
+                        &format!("{path}.on_missing_key"),
+                        format!("`{other}` is not one of: client_ip, reject"),
+                    );
+                    OnMissingKey::ClientIp
+                }
+            };
+            out.push(Route {
+                host,
+                path_prefix: r.path_prefix,
+                pool: pool.unwrap_or(0),
+                sticky_key,
+                on_missing_key,
+                allowed_origins: r.allowed_origins,
+            });
+        }
+        out
+    }
+
+    fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
+        match value.as_deref().map(units::parse_duration) {
+            None => default,
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.problem(path, "must be greater than zero");
+                default
+            }
+            Some(Err(e)) => {
+                self.problem(path, e);
+                default
+            }
+        }
+    }
+
+    fn timeouts(&mut self, t: file::FileTimeouts) -> Timeouts {
+        let d = Timeouts::default();
+        Timeouts {
+            handshake: self.duration("timeouts.handshake", t.handshake, d.handshake),
+            backend_connect: self.duration(
+                "timeouts.backend_connect",
+                t.backend_connect,
+                d.backend_connect,
+            ),
+            backend_response: self.duration(
+                "timeouts.backend_response",
+                t.backend_response,
+                d.backend_response,
+            ),
+            idle: self.duration("timeouts.idle", t.idle, d.idle),
+            close: self.duration("timeouts.close", t.close, d.close),
+        }
+    }
+
+    fn limits(&mut self, l: file::FileLimits) -> Limits {
+        let d = Limits::default();
+        let size =
+            |v: &mut Self, path: &str, value: Option<serde_yaml_ng::Value>, def: u64| match value
+                .as_ref()
+                .map(units::parse_size)
+            {
+                None => def,
+                Some(Ok(n)) => n,
+                Some(Err(e)) => {
+                    v.problem(path, e);
+                    def
+                }
+            };
+        let header = size(
+            self,
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+            d.max_header_bytes as u64,
+        );
+        let message = size(
+            self,
+            "limits.max_message_bytes",
+            l.max_message_bytes,
+            d.max_message_bytes,
+        );
+        // hyper refuses a read buffer under 8 KiB; a smaller limit would be
+        // silently raised, so say so instead.
+        if !(8192..=1 << 20).contains(&header) {
+            self.problem("limits.max_header_bytes", "must be between 8KiB and 1MiB");
+        }
+        Limits {
+            max_header_bytes: usize::try_from(header).unwrap_or(d.max_header_bytes),
+            max_message_bytes: message,
+        }
+    }
+}
+
+fn valid_host_port(address: &str) -> bool {
+    if address.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use super::*;
+
+const GOOD: &str = r#"
+listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates:
+        - { cert: dev.crt, key: dev.key, generate_if_missing: true }
+routes:
+  - path_prefix: /ws
+    pool: chat
+    sticky_key: [ "query:user", "header:x-user-id", "cookie:session" ]
+    on_missing_key: reject
+  - { path_prefix: /, pool: chat }
+pools:
+  chat:
+    backends:
+      - { id: chat-1, address: "127.0.0.1:9001" }
+      - { id: chat-2, address: "localhost:9002", weight: 2 }
+timeouts: { handshake: 5s, idle: 15m }
+limits: { max_header_bytes: 16KiB, max_message_bytes: 16MiB }
+runtime: { threads: 1 }
+"#;
+
+fn parse(src: &str) -> Result<Config, ConfigError> {
+    Config::from_source(src, "test.yaml", Path::new("/etc/wsgate"))
+}
+
+fn problems(src: &str) -> Vec<Problem> {
+    match parse(src) {
+        Err(ConfigError::Invalid(p)) => p,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn good_config_is_typed() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listeners[0].address.port(), 0);
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates[0].cert, Path::new("/etc/wsgate/dev.crt"));
+    assert_eq!(c.routes[0].on_missing_key, OnMissingKey::Reject);
+    assert_eq!(c.routes[0].sticky_key.len(), 3);
+    assert_eq!(c.routes[1].on_missing_key, OnMissingKey::ClientIp);
+    assert_eq!(c.pools[0].backends[1].weight, 2);
+    assert_eq!(c.timeouts.handshake, Duration::from_secs(5));
+    assert_eq!(c.timeouts.close, Timeouts::default().close);
+    assert_eq!(c.limits.max_message_bytes, 16 << 20);
+    assert_eq!(c.runtime.threads, 1);
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_line() {
+    let src = GOOD.replace(
+        "    on_missing_key: reject\n",
+        "    on_missing_key: reject\n    stickyness: high\n",
+    );
+    let p = problems(&src);
+    assert_eq!(p.len(), 1);
+    let line = src.lines().position(|l| l.contains("stickyness")).unwrap() + 1;
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{p:?}"
+    );
+    assert!(p[0].message.contains("unknown field `stickyness`"), "{p:?}");
+    assert!(p[0].path.starts_with("routes[0]"), "{p:?}");
+}
+
+#[test]
+fn type_errors_carry_path_and_position() {
+    let src = GOOD.replace("weight: 2", "weight: heavy");
+    let p = problems(&src);
+    assert_eq!(p[0].path, "pools.chat.backends[1].weight");
+    let line = src.lines().position(|l| l.contains("heavy")).unwrap() + 1;
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_reported_with_positions() {
+    let src = GOOD
+        .replace("\"127.0.0.1:9001\"", "\"nohost\"")
+        .replace("pool: chat\n    sticky", "pool: chatt\n    sticky")
+        .replace("query:user", "body:user")
+        .replace("idle: 15m", "idle: 15 minutes");
+    let p = problems(&src);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pools.chat.backends[0].address",
+            "routes[0].pool",
+            "routes[0].sticky_key[0]",
+            "timeouts.idle"
+        ]
+    );
+    let line_of = |needle: &str| src.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(p[0]
+        .location
+        .starts_with(&format!("test.yaml:{}:", line_of("nohost"))));
+    assert!(p[1]
+        .location
+        .starts_with(&format!("test.yaml:{}:", line_of("chatt"))));
+    assert!(p[1]
+        .message
+        .contains("unknown pool `chatt` (defined: chat)"));
+    let text = ConfigError::Invalid(p).to_string();
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[test]
+fn duplicates_and_empty_pools_are_rejected() {
+    let src = GOOD.replace("id: chat-2", "id: chat-1");
+    assert!(problems(&src)[0]
+        .message
+        .contains("duplicate backend id `chat-1`"));
+    let src = "listeners: [{name: a, address: \"127.0.0.1:1\"}]\nroutes: [{pool: p}]\npools: {p: {backends: []}}\n";
+    assert!(problems(src)[0].message.contains("at least one backend"));
+    let src = "listeners: []\nroutes: [{pool: p}]\npools: {p: {backends: [{id: a, address: \"h:1\", weight: 0}]}}\n";
+    let p = problems(src);
+    assert!(p
+        .iter()
+        .any(|p| p.message.contains("at least one listener")));
+    assert!(p.iter().any(|p| p.message.contains("weight 0")));
+}
+
+#[test]
+fn syntax_error_has_position_and_no_source_echo() {
+    let p = problems("listeners:\n  - name: [unclosed\n");
+    assert!(p[0].location.starts_with("test.yaml:"), "{p:?}");
+    assert!(p[0].location.matches(':').count() == 2, "{p:?}");
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let e = Config::load(Path::new("/nonexistent/wsgate.yaml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e
+        .to_string()
+        .starts_with("/nonexistent/wsgate.yaml: cannot read config"));
+}
+
+#[test]
+fn header_limit_below_hyper_minimum_is_rejected() {
+    let src = GOOD.replace("max_header_bytes: 16KiB", "max_header_bytes: 4096");
+    assert_eq!(problems(&src)[0].path, "limits.max_header_bytes");
+}

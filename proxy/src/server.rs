@@ -1,0 +1,254 @@
+//! The process: pingora's `Server` runs one listening service per
+//! configured listener, each with our own [`ServerApp`] that terminates TLS
+//! (tokio-rustls) and serves HTTP/1.1 with upgrades (hyper).
+//!
+//! We use pingora for the process lifecycle (listening sockets, graceful
+//! shutdown on SIGTERM, listening-socket handoff on upgrade), not its
+//! `ProxyHttp`, whose upgraded-session loop cannot inject a frame or be
+//! cancelled from outside. Things pingora does not do for us, done here:
+//! report a port already in use (pingora retries `bind` silently), resolve
+//! port 0 so tests can ask for any free port, turn its 64 KiB per-connection
+//! read buffer off, and derive its shutdown grace period from our close
+//! timeout.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
+use pingora_core::protocols::Stream;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::listening::Service;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::gateway::{ClientInfo, Gateway};
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("listener `{name}`: {address} is already in use (is another wsgate running?)")]
+    AddressInUse { name: String, address: SocketAddr },
+    #[error("listener `{name}`: cannot listen on {address}: {source}")]
+    Bind {
+        name: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener `{name}`: {source}")]
+    Tls { name: String, source: tls::TlsError },
+}
+
+/// Serves one listener's connections.
+struct ListenerApp {
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+#[async_trait]
+impl ServerApp for ListenerApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
+        let Some(addr) = peer else {
+            tracing::debug!("connection without a peer address; dropped");
+            return None;
+        };
+        let span = tracing::debug_span!("accept", client.addr = %addr);
+        let client = Arc::new(ClientInfo {
+            addr,
+            tls: self.tls.is_some(),
+        });
+        let shutdown = shutdown.clone();
+        async move {
+            match &self.tls {
+                None => self.serve(stream, client, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => self.serve(tls, client, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        None
+    }
+}
+
+impl ListenerApp {
+    async fn serve<I>(&self, io: I, client: Arc<ClientInfo>, mut shutdown: ShutdownWatch)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = self.gateway.clone();
+        let sd = shutdown.clone();
+        let service =
+            service_fn(move |req| gateway.clone().handle(client.clone(), sd.clone(), req));
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.handshake_timeout)
+            .max_buf_size(self.max_header_bytes)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            }
+            _ = shutdown.changed() => {
+                // Finish the request in flight, then close; upgraded
+                // tunnels have already been handed off and close themselves.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// A listener after its address is checked and port 0 resolved.
+pub struct BoundListener {
+    pub name: String,
+    pub address: SocketAddr,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Checks each listener's address is free (resolving port 0 to a concrete
+/// free port) and builds its TLS acceptor. Done before pingora starts so that
+/// errors are reported clearly and the process exits instead of retrying.
+pub fn prepare_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let probe = TcpListener::bind(l.address).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => ServerError::AddressInUse {
+                name: l.name.clone(),
+                address: l.address,
+            },
+            _ => ServerError::Bind {
+                name: l.name.clone(),
+                address: l.address,
+                source,
+            },
+        })?;
+        let address = probe.local_addr().map_err(|source| ServerError::Bind {
+            name: l.name.clone(),
+            address: l.address,
+            source,
+        })?;
+        // Released for pingora to bind; the window is a few microseconds.
+        drop(probe);
+        let tls = match &l.tls {
+            Some(t) => Some(tls::acceptor(t).map_err(|source| ServerError::Tls {
+                name: l.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        out.push(BoundListener {
+            name: l.name.clone(),
+            address,
+            tls,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs wsgate until it is told to stop, then exits the process.
+pub fn run(config: Config) -> Result<std::convert::Infallible, ServerError> {
+    let listeners = prepare_listeners(&config)?;
+    let config = Arc::new(config);
+    let gateway = Arc::new(Gateway {
+        snapshot: Arc::new(SharedSnapshot::new(Snapshot::new(config.clone()))),
+    });
+
+    let mut conf = ServerConf {
+        threads: config.runtime.threads,
+        // On SIGTERM every tunnel is told to close at once (1001) and gets
+        // the close timeout to finish its handshake; pingora's default of
+        // 300 s would keep an idle process alive for five minutes.
+        grace_period_seconds: Some(config.timeouts.close.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let pid = std::process::id();
+    conf.pid_file = std::env::temp_dir()
+        .join(format!("wsgate-{pid}.pid"))
+        .display()
+        .to_string();
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+
+    let mut announce = Vec::new();
+    for l in listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        announce.push((
+            l.address,
+            format!("wsgate: listener {} on {scheme}://{}", l.name, l.address),
+        ));
+        let app = ListenerApp {
+            gateway: gateway.clone(),
+            tls: l.tls,
+            handshake_timeout: config.timeouts.handshake,
+            max_header_bytes: config.limits.max_header_bytes,
+        };
+        let mut service = Service::new(format!("listener {}", l.name), app);
+        // No pingora-side buffering: idle connections must hold no buffers,
+        // and the tunnel flushes every write itself.
+        service.add_listener(
+            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+        );
+        server.add_service(service);
+    }
+    server.bootstrap();
+    std::thread::spawn(move || announce_when_accepting(announce));
+    server.run_forever()
+}
+
+/// Prints each listener's line once it accepts connections. pingora binds
+/// inside its own runtime with no readiness signal, and scripts and tests
+/// read these lines to know when (and on which port) to connect.
+fn announce_when_accepting(listeners: Vec<(SocketAddr, String)>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut stdout = std::io::stdout();
+    for (address, line) in listeners {
+        let mut probe = address;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match probe {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        while std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+            if std::time::Instant::now() > deadline {
+                tracing::error!(%address, "listener is not accepting connections after 30 s");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+}

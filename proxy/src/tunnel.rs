@@ -1,0 +1,486 @@
+//! The tunnel: after the 101, splice client and backend in both directions,
+//! knowing where every frame starts, and close with a WebSocket Close frame
+//! whenever wsgate itself ends the session.
+//!
+//! One task per connection runs two pumps (client→backend, backend→client)
+//! joined together, plus the idle and close timers. Each pump copies bytes
+//! unchanged and feeds them to a [`FrameTracker`], so it always knows whether
+//! the stream it writes is at a frame boundary. When wsgate decides to close
+//! (backend died, client vanished, idle, shutdown, drain, bad framing) each
+//! pump finishes the frame in flight, writes its Close at the boundary, then
+//! discards data until the peer's Close arrives; the whole close is bounded
+//! by `close_timeout`, after which the TCP connections are dropped. A frame
+//! is never cut: if a peer vanishes mid-frame, the other side gets a TCP
+//! shutdown rather than a corrupt frame.
+//!
+//! A half-close after a peer's own Close is passed through as a TCP
+//! shutdown of the other side's write half.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::bufpool;
+use crate::frame::{close_code, encode_close, FrameTracker, Sender};
+
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelConfig {
+    pub idle: Duration,
+    pub close_timeout: Duration,
+    pub max_message_bytes: u64,
+}
+
+/// Why wsgate itself ends a session. Decides the code each side receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The backend connection died without a Close: the client gets 1014.
+    BackendGone,
+    /// The client vanished without a Close: the backend gets 1001.
+    ClientGone,
+    /// No bytes either way for the idle timeout: both get 1001.
+    Idle,
+    /// wsgate is shutting down or upgrading: both get 1001.
+    Shutdown,
+    /// The backend is drained, removed or rebalanced away: the client gets
+    /// this code (1012 by default), the backend 1001.
+    Drain(u16),
+    /// The client broke the framing rules (1002) or a limit (1009).
+    ClientProtocol(u16),
+    /// The backend broke the framing rules: client 1014, backend 1002.
+    BackendProtocol,
+}
+
+impl CloseCause {
+    /// Code and reason for the client, or None when the client is gone.
+    fn to_client(self) -> Option<(u16, &'static str)> {
+        match self {
+            CloseCause::BackendGone => Some((close_code::BAD_GATEWAY, "backend connection lost")),
+            CloseCause::ClientGone => None,
+            CloseCause::Idle => Some((close_code::GOING_AWAY, "idle timeout")),
+            CloseCause::Shutdown => Some((close_code::GOING_AWAY, "proxy shutting down")),
+            CloseCause::Drain(code) => Some((code, "backend draining, please reconnect")),
+            CloseCause::ClientProtocol(code) => Some((code, "invalid frame")),
+            CloseCause::BackendProtocol => {
+                Some((close_code::BAD_GATEWAY, "backend sent an invalid frame"))
+            }
+        }
+    }
+
+    /// Code and reason for the backend, or None when the backend is gone.
+    fn to_backend(self) -> Option<(u16, &'static str)> {
+        match self {
+            CloseCause::BackendGone => None,
+            CloseCause::BackendProtocol => Some((close_code::PROTOCOL_ERROR, "invalid frame")),
+            _ => Some((close_code::GOING_AWAY, "client gone")),
+        }
+    }
+}
+
+/// What happened, for the connection's log line and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TunnelReport {
+    pub cause: Option<CloseCause>,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    /// Data frames dropped after wsgate sent its Close.
+    pub discarded_frames: u64,
+    /// The close handshake did not finish within `close_timeout`.
+    pub timed_out: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dir {
+    ToBackend,
+    ToClient,
+}
+
+/// State shared by the two pumps and the timers of one tunnel. They run in
+/// one task, so nothing here is contended; atomics (all `Relaxed`) are used
+/// only because the task future must be `Send`. Times are nanoseconds since
+/// `start`, with 0 meaning "not yet" for `closing_since`.
+struct Shared {
+    signal: watch::Sender<Option<CloseCause>>,
+    start: Instant,
+    last_activity: AtomicU64,
+    closing_since: AtomicU64,
+    discarded: AtomicU64,
+    sent: [AtomicU64; 2],
+}
+
+impl Shared {
+    fn new(signal: watch::Sender<Option<CloseCause>>) -> Self {
+        Shared {
+            signal,
+            start: Instant::now(),
+            last_activity: AtomicU64::new(0),
+            closing_since: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            sent: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    fn now(&self) -> u64 {
+        // Saturates after 584 years.
+        u64::try_from(self.start.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.start + Duration::from_nanos(nanos)
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(self.now(), Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.at(self.last_activity.load(Relaxed))
+    }
+
+    fn closing_since(&self) -> Option<Instant> {
+        match self.closing_since.load(Relaxed) {
+            0 => None,
+            n => Some(self.at(n)),
+        }
+    }
+
+    fn decide(&self, cause: CloseCause) {
+        self.start_closing();
+        self.signal.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some(cause);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn start_closing(&self) {
+        if self.closing_since.load(Relaxed) == 0 {
+            self.closing_since.store(self.now(), Relaxed);
+            // Wake the timer loop so it arms the close deadline.
+            self.signal.send_modify(|_| {});
+        }
+    }
+}
+
+/// Runs the tunnel to completion. `external` resolves when something outside
+/// (shutdown, a drain) asks this connection to close.
+pub async fn run<C, B>(
+    client: C,
+    backend: B,
+    cfg: TunnelConfig,
+    external: impl Future<Output = CloseCause>,
+) -> TunnelReport
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (signal, mut rx) = watch::channel(None);
+    let shared = Shared::new(signal);
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
+
+    let mut report = TunnelReport::default();
+    {
+        let to_backend = Pump::new(Dir::ToBackend, &shared, cfg.max_message_bytes)
+            .run(&mut client_rd, &mut backend_wr);
+        let to_client = Pump::new(Dir::ToClient, &shared, cfg.max_message_bytes)
+            .run(&mut backend_rd, &mut client_wr);
+        let pumps = async { tokio::join!(to_backend, to_client) };
+        tokio::pin!(pumps);
+        tokio::pin!(external);
+        let mut external_fired = false;
+        loop {
+            let idle_at = shared.last_activity() + cfg.idle;
+            let deadline = shared.closing_since().map(|t| t + cfg.close_timeout);
+            tokio::select! {
+                _ = &mut pumps => break,
+                cause = &mut external, if !external_fired => {
+                    external_fired = true;
+                    shared.decide(cause);
+                }
+                _ = tokio::time::sleep_until(idle_at), if deadline.is_none() => {
+                    if shared.last_activity() + cfg.idle <= Instant::now() {
+                        shared.decide(CloseCause::Idle);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or(idle_at)), if deadline.is_some() => {
+                    report.timed_out = true;
+                    break;
+                }
+                // Re-evaluate the deadline when a pump starts a close.
+                _ = rx.changed() => {}
+            }
+        }
+    }
+    // Both pumps are done (or timed out): end both TCP connections. Best
+    // effort and bounded, since a peer that stopped reading can stall a
+    // TLS close_notify forever.
+    let bound = Duration::from_millis(500).min(cfg.close_timeout);
+    let _ = tokio::time::timeout(bound, client_wr.shutdown()).await;
+    let _ = tokio::time::timeout(bound, backend_wr.shutdown()).await;
+
+    report.cause = *shared.signal.borrow();
+    report.bytes_to_backend = shared.sent[0].load(Relaxed);
+    report.bytes_to_client = shared.sent[1].load(Relaxed);
+    report.discarded_frames = shared.discarded.load(Relaxed);
+    report
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Pass every byte through.
+    Forward,
+    /// A Close is due: pass bytes only up to the next frame boundary.
+    CloseAtBoundary(u16, &'static str),
+    /// Our Close is sent (or the destination is gone): drop data until the
+    /// source's own Close frame or end of stream.
+    Discard,
+}
+
+struct Pump<'a> {
+    dir: Dir,
+    shared: &'a Shared,
+    tracker: FrameTracker,
+    /// The framing of the source could not be parsed; boundaries are unknown.
+    broken: bool,
+    /// The source already sent its Close frame (normal close in progress).
+    source_closed: bool,
+    /// Everything written to the destination ends at a frame boundary.
+    /// Kept apart from the tracker, whose state is undefined after an error.
+    dst_at_boundary: bool,
+}
+
+impl<'a> Pump<'a> {
+    fn new(dir: Dir, shared: &'a Shared, max_message_bytes: u64) -> Self {
+        let sender = match dir {
+            Dir::ToBackend => Sender::Client,
+            Dir::ToClient => Sender::Server,
+        };
+        Pump {
+            dir,
+            shared,
+            tracker: FrameTracker::new(sender, max_message_bytes),
+            broken: false,
+            source_closed: false,
+            dst_at_boundary: true,
+        }
+    }
+
+    /// Close code and reason this pump must write to its destination.
+    fn close_for(&self, cause: CloseCause) -> Option<(u16, &'static str)> {
+        match self.dir {
+            Dir::ToBackend => cause.to_backend(),
+            Dir::ToClient => cause.to_client(),
+        }
+    }
+
+    async fn run<R, W>(mut self, src: &mut ReadHalf<R>, dst: &mut WriteHalf<W>)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut rx = self.shared.signal.subscribe();
+        let mut mode = Mode::Forward;
+        loop {
+            if mode == Mode::Forward {
+                // Copied out so no watch guard is held across an await.
+                let decided = *rx.borrow_and_update();
+                if let Some(cause) = decided {
+                    mode = match self.close_for(cause) {
+                        Some((code, reason)) => self.close_now_or_later(dst, code, reason).await,
+                        None => Mode::Discard,
+                    };
+                }
+            }
+            let read = tokio::select! {
+                biased;
+                changed = rx.changed(), if mode == Mode::Forward => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                read = bufpool::read(src) => read,
+            };
+            let bytes = match read {
+                Ok(bytes) if !bytes.is_empty() => bytes,
+                // End of stream or a reset: the source is gone.
+                _ => return self.on_source_end(dst, mode).await,
+            };
+            self.shared.touch();
+            match self.on_bytes(dst, &bytes, mode).await {
+                Ok(Some(next)) => mode = next,
+                Ok(None) => return,
+                Err(_) => {
+                    // Writing failed: the destination is gone.
+                    self.shared.decide(match self.dir {
+                        Dir::ToBackend => CloseCause::BackendGone,
+                        Dir::ToClient => CloseCause::ClientGone,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one chunk. Returns the next mode, or None when this pump is done.
+    async fn on_bytes<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut WriteHalf<W>,
+        bytes: &[u8],
+        mode: Mode,
+    ) -> std::io::Result<Option<Mode>> {
+        if self.broken {
+            return Ok(Some(Mode::Discard));
+        }
+        match mode {
+            Mode::Forward => {
+                match self.tracker.advance(bytes, false) {
+                    Ok(adv) => {
+                        self.forward(dst, bytes).await?;
+                        self.dst_at_boundary = self.tracker.at_boundary();
+                        if adv.close_frame_ended {
+                            self.source_closed = true;
+                            self.shared.start_closing();
+                        }
+                    }
+                    Err(e) => {
+                        // Nothing of this chunk is forwarded: the destination
+                        // stays at the boundary where the last chunk left it.
+                        self.broken = true;
+                        tracing::debug!(dir = ?self.dir, error = %e, "invalid framing");
+                        self.shared.decide(match self.dir {
+                            Dir::ToBackend => CloseCause::ClientProtocol(e.close_code()),
+                            Dir::ToClient => CloseCause::BackendProtocol,
+                        });
+                    }
+                }
+                Ok(Some(Mode::Forward))
+            }
+            Mode::CloseAtBoundary(code, reason) => {
+                let consumed = match self.tracker.advance(bytes, true) {
+                    Ok(adv) => adv.consumed,
+                    Err(_) => {
+                        self.broken = true;
+                        return Ok(Some(Mode::Discard));
+                    }
+                };
+                self.forward(dst, &bytes[..consumed]).await?;
+                self.dst_at_boundary = self.tracker.at_boundary();
+                if !self.dst_at_boundary {
+                    return Ok(Some(mode));
+                }
+                self.write_close(dst, code, reason).await?;
+                self.discard(&bytes[consumed..])
+            }
+            Mode::Discard => self.discard(bytes),
+        }
+    }
+
+    /// Drops data after our Close; finishes when the source's Close arrives.
+    fn discard(&mut self, bytes: &[u8]) -> std::io::Result<Option<Mode>> {
+        if self.broken || bytes.is_empty() {
+            return Ok(Some(Mode::Discard));
+        }
+        match self.tracker.advance(bytes, false) {
+            Ok(adv) => {
+                self.shared
+                    .discarded
+                    .fetch_add(u64::from(adv.data_frames_ended), Relaxed);
+                Ok(if adv.close_frame_ended {
+                    None
+                } else {
+                    Some(Mode::Discard)
+                })
+            }
+            Err(_) => {
+                self.broken = true;
+                Ok(Some(Mode::Discard))
+            }
+        }
+    }
+
+    async fn close_now_or_later<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut WriteHalf<W>,
+        code: u16,
+        reason: &'static str,
+    ) -> Mode {
+        if self.source_closed {
+            // The source's own Close already went through; a second Close
+            // would break the protocol. Let that handshake finish (bounded
+            // by the close deadline).
+            return Mode::Forward;
+        }
+        if self.dst_at_boundary {
+            // A failed write means the destination is gone; nothing more to send.
+            let _ = self.write_close(dst, code, reason).await;
+            return Mode::Discard;
+        }
+        if self.broken {
+            // Mid-frame with unparseable input: no boundary will come.
+            return Mode::Discard;
+        }
+        Mode::CloseAtBoundary(code, reason)
+    }
+
+    async fn on_source_end<W: AsyncWrite + Unpin>(&mut self, dst: &mut WriteHalf<W>, mode: Mode) {
+        if self.source_closed || mode == Mode::Discard {
+            // A normal close, or the end of one we started: pass the
+            // half-close on so the other side sees end of stream.
+            if self.source_closed && mode == Mode::Forward {
+                let _ = dst.shutdown().await;
+            }
+            return;
+        }
+        let cause = match self.dir {
+            Dir::ToBackend => CloseCause::ClientGone,
+            Dir::ToClient => CloseCause::BackendGone,
+        };
+        self.shared.decide(cause);
+        if let Some((code, reason)) = self.close_for(cause) {
+            if self.dst_at_boundary {
+                let _ = self.write_close(dst, code, reason).await;
+            } else {
+                tracing::warn!(dir = ?self.dir, "peer vanished mid-frame; closing without a Close frame");
+            }
+        }
+    }
+
+    async fn forward<W: AsyncWrite + Unpin>(
+        &self,
+        dst: &mut WriteHalf<W>,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        dst.write_all(bytes).await?;
+        // Every layer below may buffer (TLS records, pingora's L4 stream).
+        dst.flush().await?;
+        self.shared.sent[self.dir as usize].fetch_add(bytes.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    async fn write_close<W: AsyncWrite + Unpin>(
+        &self,
+        dst: &mut WriteHalf<W>,
+        code: u16,
+        reason: &str,
+    ) -> std::io::Result<()> {
+        // Frames to a backend are masked, with a fresh key each time (RFC 6455 5.3).
+        let mask = (self.dir == Dir::ToBackend).then(rand::random::<[u8; 4]>);
+        let frame = encode_close(code, reason, mask);
+        self.shared.start_closing();
+        dst.write_all(frame.as_bytes()).await?;
+        dst.flush().await
+    }
+}

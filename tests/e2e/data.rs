@@ -1,0 +1,256 @@
+//! Data passes intact: messages of every size, fragments with pings between
+//! them, close codes both ways, and raw frame bytes byte for byte.
+
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate_tests::*;
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
+
+fn random_text(n: usize) -> String {
+    // Mixed 1-, 2- and 3-byte characters, cut to about n bytes.
+    let alphabet = ['a', 'Z', '7', 'é', 'ß', '€', '中', ' '];
+    let mut s = String::with_capacity(n + 3);
+    while s.len() < n {
+        s.push(alphabet[rand::random::<usize>() % alphabet.len()]);
+    }
+    s
+}
+
+async fn gate_with_one_backend() -> (Backend, Gate) {
+    let b = Backend::start("b1").unwrap();
+    let gate = Gate::start(&tls_config(&[("b1", b.addr, 1)], ""), 1).unwrap();
+    (b, gate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_and_binary_messages_of_every_size_echo_intact() {
+    let (_b, gate) = gate_with_one_backend().await;
+    let mut ws = wss(&gate, "/echo?user=alice").await.unwrap();
+    assert_eq!(hello(&mut ws).await.unwrap(), "b1");
+    for size in [0, 1, 125, 126, 127, 65_535, 65_536, 1 << 20, 16 << 20] {
+        let bin = random_bytes(size);
+        ws.send(Message::binary(bin.clone())).await.unwrap();
+        match next(&mut ws).await.unwrap() {
+            Message::Binary(got) => assert!(got[..] == bin[..], "binary of {size} bytes corrupted"),
+            other => panic!("expected binary echo of {size}, got {other:?}"),
+        }
+        let text = random_text(size);
+        ws.send(Message::text(text.clone())).await.unwrap();
+        match next(&mut ws).await.unwrap() {
+            Message::Text(got) => assert!(got.as_str() == text, "text of {size} bytes corrupted"),
+            other => panic!("expected text echo of {size}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_message_with_pings_between_fragments() {
+    let (_b, gate) = gate_with_one_backend().await;
+    let mut ws = wss(&gate, "/echo?user=bob").await.unwrap();
+    hello(&mut ws).await.unwrap();
+    let parts: Vec<Vec<u8>> = [1000, 70_000, 0, 5]
+        .iter()
+        .map(|&n| random_bytes(n))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let last = i == parts.len() - 1;
+        ws.send(Message::Frame(Frame::message(part.clone(), opcode, last)))
+            .await
+            .unwrap();
+        if !last {
+            ws.send(Message::Ping(format!("p{i}").into_bytes().into()))
+                .await
+                .unwrap();
+        }
+    }
+    let mut pongs = Vec::new();
+    loop {
+        match next(&mut ws).await.unwrap() {
+            Message::Pong(p) => pongs.push(String::from_utf8_lossy(&p).into_owned()),
+            Message::Binary(got) => {
+                assert_eq!(got[..], parts.concat()[..], "reassembled message differs");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pongs, ["p0", "p1", "p2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_codes_pass_in_both_directions() {
+    let (_b, gate) = gate_with_one_backend().await;
+    // Client-initiated: the backend echoes our code back.
+    let mut ws = wss(&gate, "/echo?user=carol").await.unwrap();
+    hello(&mut ws).await.unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "client bye".into(),
+    }))
+    .await
+    .unwrap();
+    match next(&mut ws).await.unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4000, "client bye"))
+        }
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+    // Server-initiated: the backend closes with the code we ask for.
+    let mut ws = wss(&gate, "/echo?user=dave").await.unwrap();
+    hello(&mut ws).await.unwrap();
+    ws.send(Message::text("close:4001")).await.unwrap();
+    match next(&mut ws).await.unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4001, "bye"))
+        }
+        other => panic!("expected close 4001, got {other:?}"),
+    }
+}
+
+/// A raw backend that answers the upgrade, sends `to_client`, and returns
+/// every byte it received after the handshake.
+async fn raw_backend(
+    to_client: Vec<u8>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    use base64::Engine;
+    use sha1::Digest;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = tokio::time::timeout(STEP, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            tokio::time::timeout(STEP, s.read_exact(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-key: ")
+                    .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
+            })
+            .expect("key forwarded")
+            .trim()
+            .to_string();
+        let accept = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(
+            format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+        ));
+        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+        s.write_all(resp.as_bytes()).await.unwrap();
+        // Odd-sized writes so frame headers straddle reads in the proxy.
+        for chunk in to_client.chunks(7) {
+            s.write_all(chunk).await.unwrap();
+        }
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(STEP, s.read_to_end(&mut got)).await;
+        got
+    });
+    (addr, task)
+}
+
+fn frame(opcode: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n < 65_536 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_frame_bytes_pass_unchanged_both_ways() {
+    let mut to_client = Vec::new();
+    to_client.extend(frame(0x1, false, b"frag-one ", None));
+    to_client.extend(frame(0x9, true, b"ping!", None));
+    to_client.extend(frame(0x0, true, &random_bytes(70_000), None));
+    to_client.extend(frame(0x2, true, &[], None));
+    let (addr, backend) = raw_backend(to_client.clone()).await;
+    let gate = Gate::start(&tls_config(&[("raw", addr, 1)], ""), 1).unwrap();
+
+    let mut s = tls_stream(&gate).await.unwrap();
+    let req = "GET /echo?user=x HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(STEP, s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    assert!(String::from_utf8_lossy(&head).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+
+    let mut to_backend = Vec::new();
+    to_backend.extend(frame(0x2, false, &random_bytes(300), Some([1, 2, 3, 4])));
+    to_backend.extend(frame(0xA, true, b"pong", Some([9, 9, 9, 9])));
+    to_backend.extend(frame(
+        0x0,
+        true,
+        &random_bytes(66_000),
+        Some([0xde, 0xad, 0xbe, 0xef]),
+    ));
+    to_backend.extend(frame(0x1, true, "héllo".as_bytes(), Some([0, 0, 0, 0])));
+    for chunk in to_backend.chunks(5) {
+        s.write_all(chunk).await.unwrap();
+    }
+    let mut got = vec![0u8; to_client.len()];
+    tokio::time::timeout(STEP, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == to_client, "backend-to-client bytes changed");
+    // Our own Close ends the exchange; the backend must see it verbatim too.
+    let close = frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
+    s.write_all(&close).await.unwrap();
+    to_backend.extend(close);
+    s.shutdown().await.unwrap();
+    let received = tokio::time::timeout(STEP, backend).await.unwrap().unwrap();
+    assert!(
+        received == to_backend,
+        "client-to-backend bytes changed ({} vs {} bytes)",
+        received.len(),
+        to_backend.len()
+    );
+}

@@ -1,0 +1,170 @@
+//! Bad input and broken backends get clear answers, and nobody else notices.
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::ring::{key_hash, Ring};
+use wsgate_tests::*;
+
+/// First user (user-0, user-1, ...) that the ring maps to backend `index`.
+fn user_on(ids: &[&str], index: usize) -> String {
+    let ring = Ring::new(ids.iter().map(|id| (*id, 1)));
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|u| ring.pick(key_hash(u.as_bytes())) == Some(index))
+        .expect("some user maps to every backend")
+}
+
+async fn echo_works(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(next(ws).await.unwrap(), Message::text(text));
+}
+
+const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_handshakes_get_their_status_and_others_keep_working() {
+    let b = Backend::start("b1").unwrap();
+    let gate = Gate::start(&tls_config(&[("b1", b.addr, 1)], ""), 1).unwrap();
+    let mut bystander = wss(&gate, "/echo?user=bystander").await.unwrap();
+    hello(&mut bystander).await.unwrap();
+
+    let up = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("missing key", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}Sec-WebSocket-Version: 13\r\n\r\n"), 400),
+        ("bad key", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"), 400),
+        ("version 8", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}Sec-WebSocket-Version: 8\r\n\r\n"), 426),
+        ("POST", format!("POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{up}{KEY}Sec-WebSocket-Version: 13\r\n\r\n"), 400),
+        ("HTTP/1.0", format!("GET /echo HTTP/1.0\r\nHost: localhost\r\n{up}{KEY}Sec-WebSocket-Version: 13\r\n\r\n"), 400),
+        ("no Upgrade", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n"), 400),
+        ("oversized headers", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000)), 431),
+    ];
+    for (name, req, want) in cases {
+        let mut s = tls_stream(&gate).await.unwrap();
+        let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
+        assert_eq!(status_of(&resp), Some(want), "{name}: {resp}");
+        if want == 426 {
+            assert!(
+                resp.to_ascii_lowercase()
+                    .contains("sec-websocket-version: 13"),
+                "{resp}"
+            );
+        }
+        if want == 400 {
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+            assert!(
+                !body.trim().is_empty() && body.trim().lines().count() == 1,
+                "{name}: one-line reason: {resp}"
+            );
+        }
+        echo_works(&mut bystander, name).await;
+    }
+    // Garbage that is not HTTP at all.
+    let mut s = tls_stream(&gate).await.unwrap();
+    let resp = raw_request(&mut s, b"\x16\x03\x01garbage\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&resp), Some(400), "{resp}");
+    echo_works(&mut bystander, "still here").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_backend_gives_502_without_affecting_others() {
+    let b1 = Backend::start("b1").unwrap();
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gate = Gate::start(&tls_config(&[("b1", b1.addr, 1), ("b2", dead, 1)], ""), 1).unwrap();
+    let alive_user = user_on(&["b1", "b2"], 0);
+    let dead_user = user_on(&["b1", "b2"], 1);
+    let mut ws = wss(&gate, &format!("/echo?user={alive_user}"))
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut ws).await.unwrap(), "b1");
+    let (status, _, body) = https(&gate, "GET", &format!("/echo?user={dead_user}"), b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    let err = wss(&gate, &format!("/echo?user={dead_user}"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("502"), "{err:#}");
+    echo_works(&mut ws, "unaffected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_backend_gives_504() {
+    // Accepts TCP (the kernel's backlog does) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gate = Gate::start(
+        &tls_config(
+            &[("s", silent.local_addr().unwrap(), 1)],
+            "timeouts: { backend_response: 1s }\n",
+        ),
+        1,
+    )
+    .unwrap();
+    let (status, _, _) = https(&gate, "GET", "/whoami?user=a", b"").await.unwrap();
+    assert_eq!(status, 504);
+}
+
+/// Read with raw frames rather than tungstenite: tungstenite (through 0.30)
+/// rejects the IANA-registered code 1014 as "Bad" and answers 1002, while
+/// browsers and Python's `websockets` accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_gives_its_clients_close_1014() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b1 = Backend::start("b1").unwrap();
+    let b2 = Backend::start("b2").unwrap();
+    let gate = Gate::start(
+        &tls_config(&[("b1", b1.addr, 1), ("b2", b2.addr, 1)], ""),
+        1,
+    )
+    .unwrap();
+    let victim_user = user_on(&["b1", "b2"], 0);
+    let other_user = user_on(&["b1", "b2"], 1);
+    let mut other = wss(&gate, &format!("/echo?user={other_user}"))
+        .await
+        .unwrap();
+    assert_eq!(hello(&mut other).await.unwrap(), "b2");
+
+    let mut victim = tls_stream(&gate).await.unwrap();
+    let req = format!(
+        "GET /echo?user={victim_user} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    victim.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(STEP, victim.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // The hello: an unmasked text frame with a short payload.
+    let mut hdr = [0u8; 2];
+    tokio::time::timeout(STEP, victim.read_exact(&mut hdr))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hdr[0], 0x81);
+    let mut hello_payload = vec![0u8; usize::from(hdr[1])];
+    victim.read_exact(&mut hello_payload).await.unwrap();
+    assert!(String::from_utf8_lossy(&hello_payload).contains("\"b1\""));
+
+    b1.proc.signal("KILL");
+    let mut close = [0u8; 2];
+    tokio::time::timeout(STEP, victim.read_exact(&mut close))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(close[0], 0x88, "a FIN Close frame");
+    assert_eq!(close[1] & 0x80, 0, "frames to a client are unmasked");
+    let mut payload = vec![0u8; usize::from(close[1] & 0x7f)];
+    victim.read_exact(&mut payload).await.unwrap();
+    let (code, reason) = wsgate::frame::parse_close_payload(&payload).unwrap();
+    assert_eq!(code, Some(1014), "reason: {reason}");
+    echo_works(&mut other, "after").await;
+}
