@@ -1,0 +1,1 @@
+//! Chat cluster tests (issue 3): filled in by the chat backend work.
