@@ -7,7 +7,6 @@
 //! but its own request.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -172,16 +171,14 @@ fn tunnel_config(config: &Config) -> TunnelConfig {
 }
 
 /// Resolves to [`CloseCause::Shutdown`] once the process begins shutting down.
-fn shutdown_cause(mut shutdown: ShutdownSignal) -> impl Future<Output = CloseCause> {
-    async move {
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                // The server is gone without signalling; never fire.
-                std::future::pending::<()>().await;
-            }
+async fn shutdown_cause(mut shutdown: ShutdownSignal) -> CloseCause {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            // The server is gone without signalling; never fire.
+            std::future::pending::<()>().await;
         }
-        CloseCause::Shutdown
     }
+    CloseCause::Shutdown
 }
 
 /// Host from the absolute URI or the Host header, without port, lower-case.

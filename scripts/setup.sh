@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what building and testing wsgate needs on a fresh Debian machine
+# that has only the Rust toolchain, gcc, Python 3 and Node.js. Idempotent:
+# anything already present is left alone.
+#   scripts/setup.sh          build dependencies only (cmake for pingora)
+#   scripts/setup.sh --test   plus redis-server, chromium, Python and Node test deps
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+if [ "$want_test" = 1 ]; then
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$want_test" = 1 ]; then
+  python3 -c 'import websockets, pytest' 2>/dev/null || {
+    echo "setup: installing Python test packages"
+    python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+  }
+  if [ -f tests/browser/package-lock.json ] && [ ! -d tests/browser/node_modules ]; then
+    echo "setup: installing browser test packages"
+    (cd tests/browser && npm ci --silent --no-audit --no-fund)
+  fi
+fi
