@@ -113,7 +113,6 @@ async fn silent_backend_gives_504() {
 /// browsers and Python's `websockets` accept it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_gives_its_clients_close_1014() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b1 = Backend::start("b1").unwrap();
     let b2 = Backend::start("b2").unwrap();
     let gate = Gate::start(
@@ -128,43 +127,10 @@ async fn killed_backend_gives_its_clients_close_1014() {
         .unwrap();
     assert_eq!(hello(&mut other).await.unwrap(), "b2");
 
-    let mut victim = tls_stream(&gate).await.unwrap();
-    let req = format!(
-        "GET /echo?user={victim_user} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n"
-    );
-    victim.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::time::timeout(STEP, victim.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    // The hello: an unmasked text frame with a short payload.
-    let mut hdr = [0u8; 2];
-    tokio::time::timeout(STEP, victim.read_exact(&mut hdr))
+    let mut victim = raw_ws(&gate, &format!("/echo?user={victim_user}"))
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(hdr[0], 0x81);
-    let mut hello_payload = vec![0u8; usize::from(hdr[1])];
-    victim.read_exact(&mut hello_payload).await.unwrap();
-    assert!(String::from_utf8_lossy(&hello_payload).contains("\"b1\""));
-
     b1.proc.signal("KILL");
-    let mut close = [0u8; 2];
-    tokio::time::timeout(STEP, victim.read_exact(&mut close))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(close[0], 0x88, "a FIN Close frame");
-    assert_eq!(close[1] & 0x80, 0, "frames to a client are unmasked");
-    let mut payload = vec![0u8; usize::from(close[1] & 0x7f)];
-    victim.read_exact(&mut payload).await.unwrap();
-    let (code, reason) = wsgate::frame::parse_close_payload(&payload).unwrap();
-    assert_eq!(code, Some(1014), "reason: {reason}");
+    assert_eq!(read_close_code(&mut victim).await.unwrap(), Some(1014));
     echo_works(&mut other, "after").await;
 }

@@ -2,6 +2,7 @@
 //! Each test starts its own processes on port 0 and kills them when done.
 
 mod cli;
+mod closes;
 mod data;
 mod failures;
 mod plain_http;

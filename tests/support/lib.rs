@@ -441,3 +441,65 @@ impl KeepAlive {
         Ok(())
     }
 }
+
+/// A raw TLS stream that completed a WebSocket upgrade through wsgate and
+/// consumed the backend's hello frame, for tests that must see exact bytes.
+pub async fn raw_ws(gate: &Gate, path: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut s = tls_stream(gate).await?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tokio::time::timeout(STEP, s.write_all(req.as_bytes())).await??;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(STEP, s.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+    }
+    let (opcode, payload) = read_frame(&mut s).await?;
+    if opcode != 0x1 || !String::from_utf8_lossy(&payload).contains("hello") {
+        bail!("expected the hello text frame, got opcode {opcode}");
+    }
+    Ok(s)
+}
+
+/// Reads one unmasked frame (as a server sends): (opcode byte with FIN, payload).
+pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u8, Vec<u8>)> {
+    let mut hdr = [0u8; 2];
+    tokio::time::timeout(STEP, s.read_exact(&mut hdr)).await??;
+    if hdr[1] & 0x80 != 0 {
+        bail!("a server frame must not be masked");
+    }
+    let len = match hdr[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).await?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).await?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; usize::try_from(len)?];
+    tokio::time::timeout(STEP, s.read_exact(&mut payload)).await??;
+    Ok((hdr[0] & 0x0f, payload))
+}
+
+/// Reads frames until a Close; returns its code.
+pub async fn read_close_code<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<u16>> {
+    loop {
+        let (opcode, payload) = read_frame(s).await?;
+        if opcode == 0x8 {
+            let (code, _) =
+                wsgate::frame::parse_close_payload(&payload).map_err(|e| anyhow!("{e:?}"))?;
+            return Ok(code);
+        }
+    }
+}
