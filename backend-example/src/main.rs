@@ -1,31 +1,28 @@
-//! `chat-backend`: the example backend that runs behind wsgate.
+//! `chat-backend`: the example chat backend that runs behind wsgate.
 //!
 //! This file only parses flags, initialises tracing and hands over to
-//! [`server::run`]. The HTTP/WebSocket logic lives in the modules below so a
-//! fuller chat server can reuse them.
+//! [`server::run`]. Modules:
+//! - `config`: flags and their typed settings;
+//! - `server`: HTTP accept loop and routing; `ws`: the WebSocket handshake;
+//! - `echo`: the echo handler the proxy's tests use;
+//! - `chat`: the chat service on `/ws`; `page`: the browser page;
+//! - `shutdown`: signals and draining.
 
+#![forbid(unsafe_code)]
+
+mod chat;
+mod config;
 mod echo;
+mod page;
 mod server;
 mod shutdown;
 mod ws;
 
 use clap::Parser;
 
-/// Command-line flags (each can also come from the environment).
-#[derive(Debug, Parser)]
-#[command(name = "chat-backend", version, about = "Example backend for wsgate")]
-struct Cli {
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:9001")]
-    listen: String,
-    /// Backend identifier reported in responses and the hello message.
-    #[arg(long, env = "CHAT_BACKEND_ID", default_value = "chat-1")]
-    id: String,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = config::Cli::parse();
     // Logs go to stderr: stdout carries only the "listening on" line.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -34,6 +31,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     server::run(server::Config {
+        chat: cli.settings(),
+        storage: cli.storage(),
+        max_message_bytes: cli.max_message_bytes.max(1024),
         listen: cli.listen,
         id: cli.id,
     })

@@ -18,8 +18,8 @@ use crate::server::{text, Body};
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Largest accepted message and frame (tests exchange 16 MiB messages).
-const MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// Largest message and frame on `/echo` (tests exchange 16 MiB messages).
+pub const ECHO_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 /// Comma-separated tokens of every value of header `name`.
 fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
@@ -32,8 +32,9 @@ fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 }
 
 /// Validates the upgrade request. On success replies 101 and runs `handler`
-/// on the socket in a new task; otherwise returns 400 (426 for a wrong version).
-pub fn accept<B, F, Fut>(mut req: Request<B>, handler: F) -> Response<Body>
+/// on the socket in a new task, with messages and frames limited to
+/// `max_message_size` bytes; otherwise returns 400 (426 for a wrong version).
+pub fn accept<B, F, Fut>(mut req: Request<B>, max_message_size: usize, handler: F) -> Response<Body>
 where
     F: FnOnce(WsStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -75,8 +76,8 @@ where
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
-                    .max_message_size(Some(MAX_MESSAGE_SIZE))
-                    .max_frame_size(Some(MAX_MESSAGE_SIZE));
+                    .max_message_size(Some(max_message_size))
+                    .max_frame_size(Some(max_message_size));
                 let io = TokioIo::new(upgraded);
                 handler(WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await)
                     .await;
