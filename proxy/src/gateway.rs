@@ -17,13 +17,15 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{Config, OnMissingKey};
+use crate::control::Control;
 use crate::handshake;
+use crate::registry::BackendKey;
 use crate::ring;
 use crate::route;
-use crate::snapshot::SharedSnapshot;
 use crate::sticky;
 use crate::tunnel::{self, CloseCause, TunnelConfig};
 use crate::upstream::{self, UpstreamTimeouts};
@@ -39,20 +41,16 @@ pub struct ClientInfo {
 
 /// Shared by every connection of the process.
 pub struct Gateway {
-    pub snapshot: Arc<SharedSnapshot>,
+    pub control: Arc<Control>,
 }
-
-/// Resolves when the process starts shutting down.
-pub type ShutdownSignal = tokio::sync::watch::Receiver<bool>;
 
 impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
         client: Arc<ClientInfo>,
-        shutdown: ShutdownSignal,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        Ok(match self.route(&client, shutdown, req).await {
+        Ok(match self.route(&client, req).await {
             Ok(resp) => resp,
             Err(refusal) => refusal.into_response(),
         })
@@ -61,10 +59,9 @@ impl Gateway {
     async fn route(
         &self,
         client: &ClientInfo,
-        shutdown: ShutdownSignal,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Refusal> {
-        let snapshot = self.snapshot.load();
+        let snapshot = self.control.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req);
         let path = req.uri().path();
@@ -115,38 +112,56 @@ impl Gateway {
             connect: config.timeouts.backend_connect,
             response: config.timeouts.backend_response,
         };
-        let mut resp = upstream::send(&backend.address, upstream_req, timeouts)
+        let backend_key = BackendKey::new(&config.pools[route.pool].name, &backend.id);
+        let mut resp = match upstream::send(&backend.address, upstream_req, timeouts)
             .instrument(span.clone())
             .await
-            .map_err(|e| {
+        {
+            Ok(resp) => {
+                self.control.passive_success(&backend_key);
+                resp
+            }
+            Err(e) => {
                 tracing::warn!(parent: &span, error = %e, "backend request failed");
-                Refusal::new(e.status(), e.to_string())
-            })?;
+                self.control.passive_failure(&backend_key);
+                return Err(Refusal::new(e.status(), e.to_string()));
+            }
+        };
 
         match client_upgrade {
             Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 let cfg = tunnel_config(config);
+                let control = self.control.clone();
                 tokio::spawn(
                     async move {
-                        let (c, b) = tokio::join!(client_upgrade, backend_upgrade);
-                        match (c, b) {
-                            (Ok(c), Ok(b)) => {
-                                let report = tunnel::run(
-                                    TokioIo::new(c),
-                                    TokioIo::new(b),
-                                    cfg,
-                                    shutdown_cause(shutdown),
-                                )
-                                .await;
-                                tracing::debug!(?report, "tunnel closed");
+                        let (c, b) = match tokio::join!(client_upgrade, backend_upgrade) {
+                            (Ok(c), Ok(b)) => (c, b),
+                            (c, b) => {
+                                tracing::warn!(
+                                    client_ok = c.is_ok(),
+                                    backend_ok = b.is_ok(),
+                                    "upgrade did not complete"
+                                );
+                                return;
                             }
-                            (c, b) => tracing::warn!(
-                                client_ok = c.is_ok(),
-                                backend_ok = b.is_ok(),
-                                "upgrade did not complete"
-                            ),
+                        };
+                        let (_guard, handle) = control.registry.register(&backend_key, key_hash);
+                        // The backend may have stopped taking connections
+                        // between routing and now; such a late arrival is
+                        // closed at once rather than stranded.
+                        let arrival = control.close_on_arrival(&backend_key, key_hash);
+                        let report = tunnel::run(
+                            TokioIo::new(c),
+                            TokioIo::new(b),
+                            cfg,
+                            requested_close(arrival, handle),
+                        )
+                        .await;
+                        if let Some(cause) = report.cause {
+                            control.registry.closes.record(cause);
                         }
+                        tracing::debug!(?report, "tunnel closed");
                     }
                     .instrument(span),
                 );
@@ -171,14 +186,24 @@ fn tunnel_config(config: &Config) -> TunnelConfig {
 }
 
 /// Resolves to [`CloseCause::Shutdown`] once the process begins shutting down.
-async fn shutdown_cause(mut shutdown: ShutdownSignal) -> CloseCause {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            // The server is gone without signalling; never fire.
+/// Resolves when the control plane asks this connection to close (drain,
+/// rebalance, shutdown), or at once for a late arrival.
+async fn requested_close(
+    arrival: Option<CloseCause>,
+    mut handle: watch::Receiver<Option<CloseCause>>,
+) -> CloseCause {
+    if let Some(cause) = arrival {
+        return cause;
+    }
+    loop {
+        if let Some(cause) = *handle.borrow_and_update() {
+            return cause;
+        }
+        if handle.changed().await.is_err() {
+            // The registry entry is gone; nothing will ever ask.
             std::future::pending::<()>().await;
         }
     }
-    CloseCause::Shutdown
 }
 
 /// Host from the absolute URI or the Host header, without port, lower-case.

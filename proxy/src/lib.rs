@@ -9,11 +9,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod adminclient;
 pub mod bufpool;
 pub mod config;
+pub mod control;
+pub mod drain;
 pub mod frame;
 pub mod gateway;
 pub mod handshake;
+pub mod health;
+pub mod plane;
+pub mod registry;
 pub mod ring;
 pub mod route;
 pub mod server;

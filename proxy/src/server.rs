@@ -32,8 +32,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::gateway::{ClientInfo, Gateway};
-use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,12 @@ pub enum ServerError {
     },
     #[error("listener `{name}`: {source}")]
     Tls { name: String, source: tls::TlsError },
+    #[error("listener `{name}`: port 0 cannot be used with --upgrade (the new process must take over a known port)")]
+    UpgradeNeedsPort { name: String },
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
+    #[error("cannot start the control thread: {0}")]
+    ControlThread(std::io::Error),
 }
 
 /// Serves one listener's connections.
@@ -104,9 +110,7 @@ impl ListenerApp {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let gateway = self.gateway.clone();
-        let sd = shutdown.clone();
-        let service =
-            service_fn(move |req| gateway.clone().handle(client.clone(), sd.clone(), req));
+        let service = service_fn(move |req| gateway.clone().handle(client.clone(), req));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.handshake_timeout)
@@ -140,9 +144,33 @@ pub struct BoundListener {
 /// Checks each listener's address is free (resolving port 0 to a concrete
 /// free port) and builds its TLS acceptor. Done before pingora starts so that
 /// errors are reported clearly and the process exits instead of retrying.
-pub fn prepare_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerError> {
+pub fn prepare_listeners(
+    config: &Config,
+    upgrade: bool,
+) -> Result<Vec<BoundListener>, ServerError> {
     let mut out = Vec::new();
     for l in &config.listeners {
+        let tls = match &l.tls {
+            Some(t) => Some(tls::acceptor(t).map_err(|source| ServerError::Tls {
+                name: l.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        if upgrade {
+            // The old process still holds the port and hands it over.
+            if l.address.port() == 0 {
+                return Err(ServerError::UpgradeNeedsPort {
+                    name: l.name.clone(),
+                });
+            }
+            out.push(BoundListener {
+                name: l.name.clone(),
+                address: l.address,
+                tls,
+            });
+            continue;
+        }
         let probe = TcpListener::bind(l.address).map_err(|source| match source.kind() {
             std::io::ErrorKind::AddrInUse => ServerError::AddressInUse {
                 name: l.name.clone(),
@@ -161,13 +189,6 @@ pub fn prepare_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerEr
         })?;
         // Released for pingora to bind; the window is a few microseconds.
         drop(probe);
-        let tls = match &l.tls {
-            Some(t) => Some(tls::acceptor(t).map_err(|source| ServerError::Tls {
-                name: l.name.clone(),
-                source,
-            })?),
-            None => None,
-        };
         out.push(BoundListener {
             name: l.name.clone(),
             address,
@@ -177,21 +198,55 @@ pub fn prepare_listeners(config: &Config) -> Result<Vec<BoundListener>, ServerEr
     Ok(out)
 }
 
+/// How `run` was asked to start.
+pub struct RunOptions {
+    /// The config file, for reloads; None when the config came from elsewhere.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Take the listening sockets over from a running wsgate (zero-downtime
+    /// restart): start this, then send the old process SIGQUIT.
+    pub upgrade: bool,
+}
+
 /// Runs wsgate until it is told to stop, then exits the process.
-pub fn run(config: Config) -> Result<std::convert::Infallible, ServerError> {
-    let listeners = prepare_listeners(&config)?;
+pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallible, ServerError> {
+    let listeners = prepare_listeners(&config, options.upgrade)?;
+    let admin = match &config.admin {
+        Some(a) => {
+            let token = crate::admin::load_token(a)?;
+            let listener =
+                TcpListener::bind(a.address).map_err(|source| crate::admin::AdminError::Bind {
+                    address: a.address,
+                    source,
+                })?;
+            Some((listener, token))
+        }
+        None => None,
+    };
     let config = Arc::new(config);
+    let control = Control::new(config.clone(), options.config_path.clone());
     let gateway = Arc::new(Gateway {
-        snapshot: Arc::new(SharedSnapshot::new(Snapshot::new(config.clone()))),
+        control: control.clone(),
     });
+    crate::plane::spawn(
+        control,
+        crate::plane::PlaneOptions {
+            admin,
+            watch: options.config_path,
+        },
+    )
+    .map_err(ServerError::ControlThread)?;
 
     let mut conf = ServerConf {
         threads: config.runtime.threads,
-        // On SIGTERM every tunnel is told to close at once (1001) and gets
-        // the close timeout to finish its handshake; pingora's default of
-        // 300 s would keep an idle process alive for five minutes.
-        grace_period_seconds: Some(config.timeouts.close.as_secs() + 1),
+        // On SIGTERM the control plane closes every tunnel with 1001 spread
+        // over the shutdown window, and each close may take the close
+        // timeout; pingora's default of 300 s would keep an idle process
+        // alive for five minutes.
+        grace_period_seconds: Some(
+            config.runtime.shutdown_window.as_secs() + config.timeouts.close.as_secs() + 1,
+        ),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.runtime.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     let pid = std::process::id();
@@ -199,7 +254,11 @@ pub fn run(config: Config) -> Result<std::convert::Infallible, ServerError> {
         .join(format!("wsgate-{pid}.pid"))
         .display()
         .to_string();
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
 
     let mut announce = Vec::new();
     for l in listeners {

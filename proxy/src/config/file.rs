@@ -22,6 +22,17 @@ pub struct FileConfig {
     pub limits: FileLimits,
     #[serde(default)]
     pub runtime: FileRuntime,
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub address: String,
+    /// File holding the bearer token; `WSGATE_ADMIN_TOKEN` may be used instead.
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +89,33 @@ fn default_prefix() -> String {
 #[serde(deny_unknown_fields)]
 pub struct FilePool {
     pub backends: Vec<FileBackend>,
+    #[serde(default)]
+    pub health_check: Option<FileHealthCheck>,
+    #[serde(default)]
+    pub drain: FileDrain,
+    /// `keep` (default) or `migrate`.
+    #[serde(default)]
+    pub rebalance: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// HTTP GET of this path; omit for a TCP connect check.
+    #[serde(default)]
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    pub window: Option<String>,
+    pub close_code: Option<u16>,
+    pub max_closes_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,4 +155,8 @@ pub struct FileLimits {
 pub struct FileRuntime {
     /// Worker threads; 0 or absent means one per core.
     pub threads: Option<usize>,
+    /// On SIGTERM or upgrade, spread the 1001 closes over this window.
+    pub shutdown_window: Option<String>,
+    /// Unix socket for handing listening sockets to a new process (`run --upgrade`).
+    pub upgrade_sock: Option<String>,
 }

@@ -30,6 +30,62 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub runtime: Runtime,
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// Resolved against the config file's directory.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// HTTP GET of this path; any 2xx is healthy.
+    Http(String),
+    /// A TCP connect succeeds.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a backend down.
+    pub fall: u32,
+    /// Consecutive successes that bring it back.
+    pub rise: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub window: Duration,
+    /// Sent to clients of a drained, removed or rebalanced backend.
+    pub close_code: u16,
+    /// 0 = no cap.
+    pub max_closes_per_second: u32,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            window: Duration::from_secs(30),
+            close_code: 1012,
+            max_closes_per_second: 0,
+        }
+    }
+}
+
+/// What to do with live connections when a backend becomes eligible again
+/// (added, undrained, healthy again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebalance {
+    /// Leave them where they are; only new connections use the new mapping.
+    Keep,
+    /// Move the connections whose key now maps to that backend, paced like a drain.
+    Migrate,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +133,9 @@ pub enum OnMissingKey {
 pub struct Pool {
     pub name: String,
     pub backends: Vec<Backend>,
+    pub health_check: Option<HealthCheck>,
+    pub drain: Drain,
+    pub rebalance: Rebalance,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,9 +167,11 @@ pub struct Limits {
     pub max_message_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Runtime {
     pub threads: usize,
+    pub shutdown_window: Duration,
+    pub upgrade_sock: PathBuf,
 }
 
 impl Default for Timeouts {
@@ -259,6 +320,16 @@ impl Validator<'_> {
         let routes = self.routes(f.routes, &pools);
         let timeouts = self.timeouts(f.timeouts);
         let limits = self.limits(f.limits);
+        let admin = f.admin.and_then(|a| self.admin(a, base));
+        let shutdown_window = self.duration(
+            "runtime.shutdown_window",
+            f.runtime.shutdown_window,
+            Duration::from_secs(10),
+        );
+        let upgrade_sock = f.runtime.upgrade_sock.map_or_else(
+            || std::env::temp_dir().join("wsgate-upgrade.sock"),
+            |p| base.join(p),
+        );
         let threads = f.runtime.threads.unwrap_or(0);
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -271,8 +342,103 @@ impl Validator<'_> {
             pools,
             timeouts,
             limits,
-            runtime: Runtime { threads },
+            runtime: Runtime {
+                threads,
+                shutdown_window,
+                upgrade_sock,
+            },
+            admin,
         }
+    }
+
+    fn admin(&mut self, a: file::FileAdmin, base: &Path) -> Option<Admin> {
+        match a.address.parse::<SocketAddr>() {
+            Ok(address) => Some(Admin {
+                address,
+                token_file: a.token_file.map(|t| base.join(t)),
+            }),
+            Err(_) => {
+                self.problem(
+                    "admin.address",
+                    format!("`{}` is not an IP:port address", a.address),
+                );
+                None
+            }
+        }
+    }
+
+    fn pool_policies(
+        &mut self,
+        path: &str,
+        p: &mut file::FilePool,
+    ) -> (Option<HealthCheck>, Drain, Rebalance) {
+        let health_check = p.health_check.take().map(|h| {
+            let probe = match h.path {
+                Some(path) if path.starts_with('/') => HealthProbe::Http(path),
+                Some(_) => {
+                    self.problem(&format!("{path}.health_check.path"), "must start with `/`");
+                    HealthProbe::Tcp
+                }
+                None => HealthProbe::Tcp,
+            };
+            let mut count = |key: &str, v: Option<u32>, def: u32| match v {
+                Some(0) => {
+                    self.problem(&format!("{path}.health_check.{key}"), "must be at least 1");
+                    def
+                }
+                Some(n) => n,
+                None => def,
+            };
+            let (fall, rise) = (count("fall", h.fall, 3), count("rise", h.rise, 2));
+            HealthCheck {
+                probe,
+                interval: self.duration(
+                    &format!("{path}.health_check.interval"),
+                    h.interval,
+                    Duration::from_secs(2),
+                ),
+                timeout: self.duration(
+                    &format!("{path}.health_check.timeout"),
+                    h.timeout,
+                    Duration::from_secs(1),
+                ),
+                fall,
+                rise,
+            }
+        });
+        let d = Drain::default();
+        let close_code = match p.drain.close_code {
+            None => d.close_code,
+            Some(c) if crate::frame::is_valid_close_code(c) => c,
+            Some(c) => {
+                self.problem(
+                    &format!("{path}.drain.close_code"),
+                    format!("{c} is not a close code a server may send"),
+                );
+                d.close_code
+            }
+        };
+        let drain = Drain {
+            window: self.duration(
+                &format!("{path}.drain.window"),
+                p.drain.window.take(),
+                d.window,
+            ),
+            close_code,
+            max_closes_per_second: p.drain.max_closes_per_second.unwrap_or(0),
+        };
+        let rebalance = match p.rebalance.as_deref() {
+            None | Some("keep") => Rebalance::Keep,
+            Some("migrate") => Rebalance::Migrate,
+            Some(other) => {
+                self.problem(
+                    &format!("{path}.rebalance"),
+                    format!("`{other}` is not one of: keep, migrate"),
+                );
+                Rebalance::Keep
+            }
+        };
+        (health_check, drain, rebalance)
     }
 
     fn listeners(&mut self, list: Vec<file::FileListener>, base: &Path) -> Vec<Listener> {
@@ -351,8 +517,9 @@ impl Validator<'_> {
 
     fn pools(&mut self, pools: std::collections::BTreeMap<String, file::FilePool>) -> Vec<Pool> {
         let mut out = Vec::new();
-        for (name, p) in pools {
+        for (name, mut p) in pools {
             let path = format!("pools.{name}");
+            let (health_check, drain, rebalance) = self.pool_policies(&path, &mut p);
             if p.backends.is_empty() {
                 self.problem(
                     &format!("{path}.backends"),
@@ -396,7 +563,13 @@ impl Validator<'_> {
                     "every backend has weight 0, so no user can be served",
                 );
             }
-            out.push(Pool { name, backends });
+            out.push(Pool {
+                name,
+                backends,
+                health_check,
+                drain,
+                rebalance,
+            });
         }
         out
     }
@@ -529,7 +702,7 @@ impl Validator<'_> {
     }
 }
 
-fn valid_host_port(address: &str) -> bool {
+pub fn valid_host_port(address: &str) -> bool {
     if address.parse::<SocketAddr>().is_ok() {
         return true;
     }

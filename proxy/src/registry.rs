@@ -1,0 +1,230 @@
+//! Live tunnels, grouped by (pool, backend id), each with a small handle
+//! the control plane uses to ask it to close.
+//!
+//! The data path touches this twice per WebSocket: once to register when
+//! the tunnel starts and once (on drop of the [`ConnGuard`]) when it ends.
+//! Both are a short lock of one backend's map, never per message. The
+//! control plane reads it to count connections, to pick which connections a
+//! drain or rebalance closes, and to deliver the close through each
+//! connection's `watch` channel, which never blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::tunnel::CloseCause;
+
+/// Identifies one backend across config reloads: ids are stable, addresses
+/// and indices are not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub pool: String,
+    pub id: String,
+}
+
+impl BackendKey {
+    pub fn new(pool: &str, id: &str) -> Self {
+        BackendKey {
+            pool: pool.to_string(),
+            id: id.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.pool, self.id)
+    }
+}
+
+struct Conn {
+    key_hash: u64,
+    close: watch::Sender<Option<CloseCause>>,
+}
+
+/// The live connections of one backend, plus its passive-health counter.
+#[derive(Default)]
+pub struct BackendConns {
+    conns: Mutex<HashMap<u64, Conn>>,
+    count: AtomicUsize,
+    /// Consecutive failed connects or handshakes (reset on success).
+    pub consecutive_failures: AtomicU32,
+}
+
+impl BackendConns {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Conn>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (single insert/remove), so a poisoned lock is still usable.
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+}
+
+/// Snapshot of one live connection, for the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub key_hash: u64,
+}
+
+/// Counters of closes wsgate started, by cause, for `/metrics`.
+#[derive(Default)]
+pub struct CloseCounters {
+    pub backend_gone: AtomicU64,
+    pub client_gone: AtomicU64,
+    pub idle: AtomicU64,
+    pub shutdown: AtomicU64,
+    pub drain: AtomicU64,
+    pub protocol: AtomicU64,
+}
+
+impl CloseCounters {
+    pub fn record(&self, cause: CloseCause) {
+        let c = match cause {
+            CloseCause::BackendGone => &self.backend_gone,
+            CloseCause::ClientGone => &self.client_gone,
+            CloseCause::Idle => &self.idle,
+            CloseCause::Shutdown => &self.shutdown,
+            CloseCause::Drain(_) => &self.drain,
+            CloseCause::ClientProtocol(_) | CloseCause::BackendProtocol => &self.protocol,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    backends: Mutex<HashMap<BackendKey, Arc<BackendConns>>>,
+    pub closes: CloseCounters,
+}
+
+impl Registry {
+    /// The entry for a backend, created on first use. Entries are never
+    /// removed, so a backend's counters survive reloads (a handful of bytes
+    /// per backend id ever configured).
+    pub fn backend(&self, key: &BackendKey) -> Arc<BackendConns> {
+        let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    /// Registers a tunnel; it is removed when the guard drops. The receiver
+    /// yields a cause when the control plane wants this connection closed.
+    pub fn register(
+        &self,
+        key: &BackendKey,
+        key_hash: u64,
+    ) -> (ConnGuard, watch::Receiver<Option<CloseCause>>) {
+        let backend = self.backend(key);
+        let conn_id = self.next_id.fetch_add(1, Relaxed);
+        let (tx, rx) = watch::channel(None);
+        backend.lock().insert(
+            conn_id,
+            Conn {
+                key_hash,
+                close: tx,
+            },
+        );
+        backend.count.fetch_add(1, Relaxed);
+        (ConnGuard { backend, conn_id }, rx)
+    }
+
+    /// Every backend with its connection count, including backends no longer
+    /// in the config that still have connections.
+    pub fn counts(&self) -> Vec<(BackendKey, usize)> {
+        let map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, b)| (k.clone(), b.count())).collect()
+    }
+
+    pub fn count(&self, key: &BackendKey) -> usize {
+        self.backend(key).count()
+    }
+
+    /// The live connections of one backend.
+    pub fn conns(&self, key: &BackendKey) -> Vec<ConnInfo> {
+        self.backend(key)
+            .lock()
+            .iter()
+            .map(|(&conn_id, c)| ConnInfo {
+                conn_id,
+                key_hash: c.key_hash,
+            })
+            .collect()
+    }
+
+    /// Asks one connection to close. Returns false if it already ended.
+    pub fn close(&self, key: &BackendKey, conn_id: u64, cause: CloseCause) -> bool {
+        let backend = self.backend(key);
+        let map = backend.lock();
+        match map.get(&conn_id) {
+            Some(c) => {
+                // First cause wins; a connection already closing keeps its code.
+                c.close.send_if_modified(|v| {
+                    if v.is_none() {
+                        *v = Some(cause);
+                        true
+                    } else {
+                        false
+                    }
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Deregisters its connection when dropped.
+pub struct ConnGuard {
+    backend: Arc<BackendConns>,
+    conn_id: u64,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.backend.lock().remove(&self.conn_id).is_some() {
+            self.backend.count.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_count_close_and_drop() {
+        let r = Registry::default();
+        let k = BackendKey::new("chat", "b1");
+        let (g1, mut rx1) = r.register(&k, 11);
+        let (g2, _rx2) = r.register(&k, 22);
+        assert_eq!(r.count(&k), 2);
+        let mut hashes: Vec<u64> = r.conns(&k).iter().map(|c| c.key_hash).collect();
+        hashes.sort();
+        assert_eq!(hashes, [11, 22]);
+        let id1 = r
+            .conns(&k)
+            .iter()
+            .find(|c| c.key_hash == 11)
+            .unwrap()
+            .conn_id;
+        assert!(r.close(&k, id1, CloseCause::Drain(1012)));
+        assert!(r.close(&k, id1, CloseCause::Shutdown), "still registered");
+        assert_eq!(
+            *rx1.borrow_and_update(),
+            Some(CloseCause::Drain(1012)),
+            "first cause wins"
+        );
+        drop(g1);
+        assert_eq!(r.count(&k), 1);
+        assert!(!r.close(&k, id1, CloseCause::Shutdown));
+        drop(g2);
+        assert_eq!(r.count(&k), 0);
+        assert_eq!(r.counts(), vec![(k, 0)]);
+    }
+}
