@@ -1,7 +1,15 @@
 //! Resume with `since`: exactly the missed messages, also across a backend
 //! death; resends stored once; trimmed history reported as incomplete.
 
+use std::time::Duration;
+
+use wsgate_tests::{tls_config, Gate, STEP};
+
 use crate::cluster::{assert_contiguous, backend, gate, user_on, Chatter, Pos, Redis};
+
+/// Pool health checks, so wsgate moves a dead backend's users elsewhere.
+const HEALTH: &str =
+    "    health_check: { path: /healthz, interval: 200ms, timeout: 200ms, fall: 1, rise: 1 }\n";
 
 fn ids(msgs: &[crate::cluster::Msg]) -> Vec<&str> {
     msgs.iter().map(|m| m.id.as_str()).collect()
@@ -12,7 +20,8 @@ async fn resume_gets_exactly_the_missed_messages_even_after_the_backend_dies() {
     let redis = Redis::start().unwrap();
     let a = backend("chat-a", "127.0.0.1:0", Some(&redis), &[]).unwrap();
     let mut b = backend("chat-b", "127.0.0.1:0", Some(&redis), &[]).unwrap();
-    let gate1 = gate(&[&a, &b]).unwrap();
+    let pool = [("chat-a", a.addr, 1), ("chat-b", b.addr, 1)];
+    let gate1 = Gate::start(&tls_config(&pool, HEALTH), 1).unwrap();
     let ids_ = ["chat-a", "chat-b"];
     let alice_name = user_on(&ids_, "chat-b", "alice");
     let mut bob = Chatter::connect(&gate1, &user_on(&ids_, "chat-a", "bob"))
@@ -56,10 +65,10 @@ async fn resume_gets_exactly_the_missed_messages_even_after_the_backend_dies() {
     assert_eq!(ids(&alice.messages[5..]), ["x1", "m10"]);
     let cursor = alice.cursor().unwrap();
 
-    // 3. Its backend is killed; wsgate (here: a second wsgate without it,
-    //    the state a failed health check leaves) sends alice to chat-a.
+    // 3. Its backend is killed; once wsgate's health check marks it down,
+    //    wsgate sends alice to chat-a.
     b.proc.signal("KILL");
-    b.proc.wait_exit(wsgate_tests::STEP);
+    b.proc.wait_exit(STEP);
     // wsgate ends the session (1014); a broken stream is fine too.
     let _ = alice.until_closed().await;
     assert!(alice.closed.is_some(), "alice's connection ends");
@@ -68,8 +77,17 @@ async fn resume_gets_exactly_the_missed_messages_even_after_the_backend_dies() {
             .await
             .unwrap();
     }
-    let gate2 = gate(&[&a]).unwrap();
-    let mut alice = Chatter::connect(&gate2, &alice_name).await.unwrap();
+    let mut alice = tokio::time::timeout(STEP, async {
+        loop {
+            // 502 until the health check notices; then chat-a answers.
+            match Chatter::connect(&gate1, &alice_name).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("wsgate routes alice to a live backend");
     assert_eq!(alice.backend, "chat-a", "another backend serves alice now");
     let joined = alice.join("resume", Some(&cursor)).await.unwrap();
     assert_eq!(joined.complete, Some(true));
