@@ -12,6 +12,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::control::Control;
 
+/// How long pingora keeps accepting after sending its sockets on SIGQUIT
+/// (`CLOSE_TIMEOUT` in pingora-core's server module).
+const PINGORA_UPGRADE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the control thread serves besides the control plane itself.
 pub struct PlaneOptions {
     /// Bound admin listener and its token.
@@ -63,7 +67,18 @@ async fn run(control: Arc<Control>, options: PlaneOptions) {
                 let _ = control.reload_and_restart_health();
             }
             _ = term.recv() => control.shutdown(),
-            _ = quit.recv() => control.shutdown(),
+            _ = quit.recv() => {
+                // Upgrade: pingora hands the listening sockets to the new
+                // process, then keeps accepting here for its CLOSE_TIMEOUT
+                // (5 s in pingora-core 0.9) before it stops. Drain after
+                // that, so connections accepted meanwhile are served, not
+                // closed on arrival, and are drained with the rest.
+                let control = control.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PINGORA_UPGRADE_CLOSE_TIMEOUT).await;
+                    control.shutdown();
+                });
+            }
         }
     }
 }

@@ -222,6 +222,12 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         }
         None => None,
     };
+    let mut announce = Vec::new();
+    if let Some((listener, _)) = &admin {
+        if let Ok(address) = listener.local_addr() {
+            announce.push((address, format!("wsgate: admin API on http://{address}")));
+        }
+    }
     let config = Arc::new(config);
     let control = Control::new(config.clone(), options.config_path.clone());
     let gateway = Arc::new(Gateway {
@@ -260,7 +266,6 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
 
-    let mut announce = Vec::new();
     for l in listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         announce.push((

@@ -20,7 +20,10 @@ fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
 async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let b = Backend::start("b1").unwrap();
     let mut gate = Gate::start(
-        &tls_config(&[("b1", b.addr, 1)], "timeouts: { close: 2s }\n"),
+        &tls_config(
+            &[("b1", b.addr, 1)],
+            "timeouts: { close: 2s }\nruntime: { shutdown_window: 1s }\n",
+        ),
         1,
     )
     .unwrap();

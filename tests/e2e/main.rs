@@ -4,6 +4,7 @@
 mod cli;
 mod closes;
 mod data;
+mod deploys;
 mod failures;
 mod plain_http;
 mod stickiness;

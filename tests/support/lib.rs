@@ -159,6 +159,8 @@ pub struct Gate {
     pub dir: PathBuf,
     /// Listener addresses in the order they were announced.
     pub addrs: Vec<SocketAddr>,
+    /// The admin API, when the config has one.
+    pub admin: Option<SocketAddr>,
     pub proc: Proc,
 }
 
@@ -169,23 +171,63 @@ impl Gate {
     }
 
     pub fn start_in(dir: PathBuf, yaml: &str, listeners: usize) -> Result<Gate> {
+        Gate::launch(dir, yaml, listeners, &[])
+    }
+
+    /// Starts wsgate with extra `run` arguments (e.g. `--upgrade`). Waits for
+    /// `listeners` listener lines, plus the admin line if the YAML has `admin:`.
+    pub fn launch(dir: PathBuf, yaml: &str, listeners: usize, extra: &[&str]) -> Result<Gate> {
         let config = dir.join("wsgate.yaml");
         std::fs::write(&config, yaml)?;
         let mut cmd = Command::new(bin("wsgate"));
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
+            .args(extra)
             .env("RUST_LOG", "warn");
-        let (proc, addrs) = Proc::spawn(
+        let want = listeners + usize::from(yaml.contains("\nadmin:") || yaml.starts_with("admin:"));
+        let (proc, found) = Proc::spawn(
             cmd,
             |line| {
+                if let Some(rest) = line.strip_prefix("wsgate: admin API on http://") {
+                    return rest.parse().ok().map(|a| (true, a));
+                }
                 let rest = line.strip_prefix("wsgate: listener ")?;
                 let url = rest.split(" on ").nth(1)?;
-                url.split("://").nth(1)?.parse().ok()
+                url.split("://").nth(1)?.parse().ok().map(|a| (false, a))
             },
-            listeners,
+            want,
         )?;
-        Ok(Gate { dir, addrs, proc })
+        let admin = found
+            .iter()
+            .find(|(is_admin, _)| *is_admin)
+            .map(|(_, a)| *a);
+        let addrs = found
+            .iter()
+            .filter(|(is_admin, _)| !is_admin)
+            .map(|(_, a)| *a)
+            .collect();
+        Ok(Gate {
+            dir,
+            addrs,
+            admin,
+            proc,
+        })
+    }
+
+    /// A handle for running admin commands, which can move to other threads.
+    pub fn cli_handle(&self) -> CliHandle {
+        CliHandle {
+            config: self.dir.join("wsgate.yaml"),
+            token_file: self.dir.join("admin.token"),
+            admin: self.admin,
+        }
+    }
+
+    /// Runs a `wsgate` admin command (`status`, `drain`, ...) against this
+    /// gate's admin API; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        self.cli_handle().run(args)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -252,8 +294,13 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
 
 /// Opens `wss://localhost:PORT{path}` through wsgate.
 pub async fn wss(gate: &Gate, path: &str) -> Result<Ws> {
-    let url = format!("wss://localhost:{}{path}", gate.addr().port());
-    let tls = client_tls(&gate.cert())?;
+    wss_at(gate.addr(), &gate.cert(), path).await
+}
+
+/// Opens `wss://localhost:{addr.port}{path}`, trusting `cert`.
+pub async fn wss_at(addr: SocketAddr, cert: &Path, path: &str) -> Result<Ws> {
+    let url = format!("wss://localhost:{}{path}", addr.port());
+    let tls = client_tls(cert)?;
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
@@ -501,5 +548,100 @@ pub async fn read_close_code<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<u
                 wsgate::frame::parse_close_payload(&payload).map_err(|e| anyhow!("{e:?}"))?;
             return Ok(code);
         }
+    }
+}
+
+/// Counts lines on a backend's log (stderr) that contain all of `needles`.
+pub struct LogCounter(pub Arc<std::sync::atomic::AtomicUsize>);
+
+impl LogCounter {
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Backend {
+    /// Like `start`, but counts the backend's log lines that contain every
+    /// string in `needles` (used to prove the backend saw each Close).
+    pub fn start_counting(
+        id: &str,
+        needles: &'static [&'static str],
+    ) -> Result<(Backend, LogCounter)> {
+        let mut cmd = Command::new(bin("chat-backend"));
+        cmd.args(["--listen", "127.0.0.1:0", "--id", id])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let c = count.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if needles.iter().all(|n| line.contains(n)) {
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let proc = Proc { child, lines: rx };
+        let line = proc
+            .lines
+            .recv_timeout(STEP)
+            .context("backend did not start")?;
+        let addr = line
+            .rsplit_once(" listening on ")
+            .and_then(|(_, a)| a.trim().parse().ok())
+            .ok_or_else(|| anyhow!("unexpected first line {line}"))?;
+        Ok((
+            Backend {
+                id: id.to_string(),
+                addr,
+                proc,
+            },
+            LogCounter(count),
+        ))
+    }
+}
+
+/// Runs `wsgate` admin commands against one gate.
+#[derive(Clone)]
+pub struct CliHandle {
+    config: PathBuf,
+    token_file: PathBuf,
+    admin: Option<SocketAddr>,
+}
+
+impl CliHandle {
+    /// Passes `--admin` and `--token` explicitly, so commands work even
+    /// while the config file on disk is broken.
+    pub fn run(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let admin = self
+            .admin
+            .ok_or_else(|| anyhow!("this gate has no admin API"))?;
+        let token = std::fs::read_to_string(&self.token_file)?;
+        let out = Command::new(bin("wsgate"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--token")
+            .arg(token.trim())
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 }
