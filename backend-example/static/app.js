@@ -15,7 +15,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    status: $('status'), backend: $('backend'), join: $('join'), user: $('user'),
+    status: $('status'), backend: $('backend'), engine: $('engine'), join: $('join'), user: $('user'),
     room: $('room'), chat: $('chat'), roomName: $('room-name'), messages: $('messages'),
     presence: $('presence'), compose: $('compose'), text: $('text'),
   };
@@ -118,6 +118,9 @@
     switch (msg.type) {
       case 'hello':
         ui.backend.textContent = msg.backend;
+        ui.engine.textContent = msg.engine === 'memory'
+          ? '(rooms in this backend only: run with Redis to share them)'
+          : '';
         send({ type: 'join', room: state.room,
                since: state.cursor || { epoch: '', offset: 0 } });
         break;

@@ -153,6 +153,9 @@ pub enum ServerMessage<'a> {
     Hello {
         backend: &'a str,
         user: &'a str,
+        /// `"redis"` (rooms shared by every backend on that Redis) or
+        /// `"memory"` (rooms of this backend only).
+        engine: &'a str,
         ping_interval_ms: u64,
     },
     Joined {

@@ -152,6 +152,7 @@ impl Session {
         let hello = ServerMessage::Hello {
             backend: &self.chat.backend,
             user: &self.member.user,
+            engine: self.chat.engine.name(),
             ping_interval_ms: u64::try_from(settings.ping_interval.as_millis()).unwrap_or(0),
         };
         send(ws, hello.to_json()).await?;

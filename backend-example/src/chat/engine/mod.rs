@@ -63,6 +63,14 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// `"memory"` or `"redis"`, as announced in `hello`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Memory(_) => "memory",
+            Engine::Redis(_) => "redis",
+        }
+    }
+
     /// The room's current epoch and newest offset (creating the epoch for a
     /// new room).
     pub async fn position(&self, room: &str) -> Result<Position, EngineError> {
