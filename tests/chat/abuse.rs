@@ -11,7 +11,11 @@ use crate::cluster::{assert_contiguous, backend, gate, Chatter, Redis};
 
 /// A masked client text frame, for the raw socket.
 fn masked_text(text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
+    masked_frame(text.as_bytes())
+}
+
+/// A masked client text frame with arbitrary payload bytes.
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x81];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
@@ -96,6 +100,15 @@ async fn bad_input_gets_errors_or_close_codes_and_others_carry_on() {
         .await
         .unwrap();
     assert_eq!(big.until_closed().await.unwrap(), Some(1009));
+
+    // A text frame that is not UTF-8: 1007.
+    let mut raw = raw_ws(&gate, "/ws?user=mangled").await.unwrap();
+    let bad = masked_frame(&[b'{', 0xff, 0xfe, b'}']);
+    tokio::time::timeout(STEP, raw.write_all(&bad))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read_close_code(&mut raw).await.unwrap(), Some(1007));
 
     // A flood: rate_limited errors first, then 1008.
     let mut flood = Chatter::connect(&gate, "flood").await.unwrap();

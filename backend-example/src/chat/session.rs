@@ -312,9 +312,11 @@ impl Session {
         // Order matters for a gap-free resume: receive live events first,
         // then read history; live events already in history are skipped.
         let rx = self.chat.hub.attach(&room, self.member.clone());
+        let mut present = false;
         let result = async {
             self.chat.engine.watch(&room).await?;
             let presence = self.chat.engine.presence_join(&room, &self.member).await?;
+            present = true;
             let recovery = recovery::recover(&self.chat.engine, &room, since.as_ref()).await?;
             Ok::<_, EngineError>((presence, recovery))
         }
@@ -324,6 +326,10 @@ impl Session {
             Err(err) => {
                 self.chat.hub.detach(&room, &self.member.conn);
                 self.chat.engine.unwatch(&room);
+                if present {
+                    // Best effort; with Redis an entry left behind expires.
+                    let _ = self.chat.engine.presence_leave(&room, &self.member).await;
+                }
                 let message = engine_error(&err);
                 return self
                     .error(ws, "unavailable", &message, Some(&room), None)
