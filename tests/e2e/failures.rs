@@ -134,3 +134,74 @@ async fn killed_backend_gives_its_clients_close_1014() {
     assert_eq!(read_close_code(&mut victim).await.unwrap(), Some(1014));
     echo_works(&mut other, "after").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_101_answer_is_relayed_and_no_eligible_backend_is_503() {
+    let b = Backend::start("b1").unwrap();
+    let yaml = tls_config(
+        &[("b1", b.addr, 1)],
+        "admin: { address: \"127.0.0.1:0\", token_file: admin.token }\n",
+    );
+    let gate = Gate::start(&yaml, 1).unwrap();
+    // The backend has no WebSocket at /nowhere: its 404 reaches the client.
+    let mut s = tls_stream(&gate).await.unwrap();
+    let req = format!("GET /nowhere?user=a HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n");
+    let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&resp), Some(404), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("x-backend-id: b1"),
+        "the backend's own answer: {resp}"
+    );
+    // With its only backend drained, the pool has no one to take new users.
+    let (code, out, err) = gate.cli(&["drain", "chat/b1", "--window", "1s"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, _, body) = https(&gate, "GET", "/whoami?user=a", b"").await.unwrap();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_client_gets_its_backend_a_close_1001() {
+    let (b, closes) = Backend::start_counting("b1", &["close received", "1001"]).unwrap();
+    let gate = Gate::start(&tls_config(&[("b1", b.addr, 1)], ""), 1).unwrap();
+    let s = raw_ws(&gate, "/echo?user=ghost").await.unwrap();
+    // Gone without a Close frame: just the TCP connection dropping.
+    drop(s);
+    let deadline = std::time::Instant::now() + STEP;
+    while closes.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backend never saw a Close"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_ws_listener_works() {
+    let b = Backend::start("b1").unwrap();
+    let yaml = format!(
+        "listeners: [{{ name: plain, address: \"127.0.0.1:0\" }}]\nroutes: [{{ pool: chat, sticky_key: [\"query:user\"] }}]\n\
+         pools: {{ chat: {{ backends: [{{ id: b1, address: \"{}\" }}] }} }}\n",
+        b.addr
+    );
+    let gate = Gate::start(&yaml, 1).unwrap();
+    let url = format!("ws://127.0.0.1:{}/echo?user=plain", gate.addr().port());
+    let (mut ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hello(&mut ws).await.unwrap(), "b1");
+    echo_works(&mut ws, "over plain ws").await;
+    let mut tcp = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(gate.addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = raw_request(
+        &mut tcp,
+        b"GET /whoami?user=x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status_of(&resp), Some(200));
+    assert!(resp.contains("\"x-forwarded-proto\":\"http\""), "{resp}");
+}
