@@ -362,59 +362,55 @@ fn label(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes one gauge family with a sample per backend.
+fn backend_gauge(
+    out: &mut String,
+    status: &Status,
+    name: &str,
+    help: &str,
+    value: impl Fn(&BackendStatus) -> String,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for p in &status.pools {
+        for b in &p.backends {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                label(&p.name),
+                label(&b.id),
+                b.state,
+                value(b)
+            );
+        }
+    }
+}
+
 /// Prometheus text exposition.
 pub fn metrics(control: &Control) -> String {
     let status = control.status();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_backend_connections Live proxied WebSocket connections."
+    backend_gauge(
+        &mut out,
+        &status,
+        "wsgate_backend_connections",
+        "Live proxied WebSocket connections.",
+        |b| b.connections.to_string(),
     );
-    let _ = writeln!(out, "# TYPE wsgate_backend_connections gauge");
-    for p in &status.pools {
-        for b in &p.backends {
-            let _ = writeln!(
-                out,
-                "wsgate_backend_connections{{pool=\"{}\",backend=\"{}\"}} {}",
-                label(&p.name),
-                label(&b.id),
-                b.connections
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_backend_pending_closes Closes scheduled by a drain and not yet sent."
+    backend_gauge(
+        &mut out,
+        &status,
+        "wsgate_backend_pending_closes",
+        "Closes scheduled by a drain and not yet sent.",
+        |b| b.pending_closes.to_string(),
     );
-    let _ = writeln!(out, "# TYPE wsgate_backend_pending_closes gauge");
-    for p in &status.pools {
-        for b in &p.backends {
-            let _ = writeln!(
-                out,
-                "wsgate_backend_pending_closes{{pool=\"{}\",backend=\"{}\"}} {}",
-                label(&p.name),
-                label(&b.id),
-                b.pending_closes
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP wsgate_backend_up 1 if the backend takes new connections."
+    backend_gauge(
+        &mut out,
+        &status,
+        "wsgate_backend_up",
+        "1 if the backend takes new connections.",
+        |b| u8::from(b.state == "active").to_string(),
     );
-    let _ = writeln!(out, "# TYPE wsgate_backend_up gauge");
-    for p in &status.pools {
-        for b in &p.backends {
-            let up = u8::from(b.state == "active");
-            let _ = writeln!(
-                out,
-                "wsgate_backend_up{{pool=\"{}\",backend=\"{}\",state=\"{}\"}} {up}",
-                label(&p.name),
-                label(&b.id),
-                b.state
-            );
-        }
-    }
     let c = &control.registry.closes;
     let _ = writeln!(
         out,

@@ -134,15 +134,7 @@ async fn raw_backend(
             .await
             .unwrap()
             .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            tokio::time::timeout(STEP, s.read_exact(&mut byte))
-                .await
-                .unwrap()
-                .unwrap();
-            head.push(byte[0]);
-        }
+        let head = read_head(&mut s).await.unwrap();
         let head = String::from_utf8_lossy(&head).to_string();
         let key = head
             .lines()
@@ -206,15 +198,7 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
     let mut s = tls_stream(&gate).await.unwrap();
     let req = "GET /echo?user=x HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::time::timeout(STEP, s.read_exact(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut s).await.unwrap();
     assert!(
         String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
         "{}",

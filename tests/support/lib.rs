@@ -498,12 +498,7 @@ pub async fn raw_ws(gate: &Gate, path: &str) -> Result<tokio_rustls::client::Tls
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     tokio::time::timeout(STEP, s.write_all(req.as_bytes())).await??;
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        tokio::time::timeout(STEP, s.read_exact(&mut byte)).await??;
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut s).await?;
     if !head.starts_with(b"HTTP/1.1 101") {
         bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
     }
@@ -644,4 +639,15 @@ impl CliHandle {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
     }
+}
+
+/// Reads an HTTP head byte by byte, so nothing after it is consumed.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(STEP, s.read_exact(&mut byte)).await??;
+        head.push(byte[0]);
+    }
+    Ok(head)
 }
