@@ -476,6 +476,30 @@ async fn admin_calls_without_the_token_get_401_and_change_nothing() {
         status.lines().filter(|l| l.contains("active")).count() == 2,
         "{status}"
     );
+    // With the token, /metrics speaks Prometheus text.
+    let token = std::fs::read_to_string(gate.dir.join("admin.token")).unwrap();
+    let mut s = tokio::time::timeout(STEP, tokio::net::TcpStream::connect(admin))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&resp), Some(200), "{resp}");
+    assert!(
+        resp.contains("# TYPE wsgate_backend_connections gauge"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("wsgate_backend_up{pool=\"chat\",backend=\"b2\",state=\"active\"} 1"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("wsgate_config_reloads_total{result=\"ok\"} 0"),
+        "{resp}"
+    );
     // The CLI with a wrong token fails cleanly too.
     let out = std::process::Command::new(bin("wsgate"))
         .args([
