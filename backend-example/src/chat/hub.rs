@@ -13,8 +13,9 @@ use tokio::sync::broadcast;
 
 use super::event::Event;
 
-/// Events buffered per room for slow local sessions before they lag.
-pub const ROOM_CAPACITY: usize = 4096;
+/// Events buffered per room for slow local sessions before they lag (and
+/// resync from history). Allocated up front per room with local members.
+pub const ROOM_CAPACITY: usize = 512;
 
 /// One local membership: a connection and its user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

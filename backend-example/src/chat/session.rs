@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
+use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
@@ -113,10 +114,20 @@ async fn serve(mut ws: WsStream, chat: Arc<Chat>, member: Member, shutdown: Shut
     session.leave_all(end).await;
 }
 
-/// Waits (bounded) for the client's Close reply so ours is flushed.
+/// Waits (bounded) for the client's Close reply so ours is flushed. If the
+/// WebSocket stream already failed (an oversized or invalid frame), reads
+/// and discards raw bytes instead until the peer closes: dropping a socket
+/// with unread input makes the kernel send a reset, which can destroy our
+/// Close frame in flight before the peer (or wsgate) reads it.
 async fn finish_close(ws: &mut WsStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         while let Some(Ok(_)) = ws.next().await {}
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = ws.get_mut().read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }
