@@ -308,9 +308,12 @@ fn panels(open: Vec<(f64, f64)>, seconds: &[CloseSecond]) -> Vec<Panel> {
         .into_iter()
         .map(|(code, points)| Series::bars(&format!("code {code}"), points))
         .collect();
-    if close_series.is_empty() {
+    let title = if close_series.is_empty() {
         close_series.push(Series::bars("no closes", Vec::new()));
-    }
+        "Closes from the server per second: none"
+    } else {
+        "Closes from the server per second"
+    };
     vec![
         Panel::new(
             "Open connections",
@@ -319,7 +322,7 @@ fn panels(open: Vec<(f64, f64)>, seconds: &[CloseSecond]) -> Vec<Panel> {
             vec![Series::line("open", open)],
         ),
         Panel::new(
-            "Closes from the server per second",
+            title,
             "second since the first close",
             "closes",
             close_series,
