@@ -4,7 +4,7 @@
 # certificate. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --demo
 cargo build --release -p wsgate -p backend-example
 
 pids=()
@@ -14,6 +14,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# With Redis the three backends share rooms, presence and history; without
+# it each backend keeps its own rooms in memory (see backend-example/README.md).
+if [ -z "${CHAT_REDIS_URL:-}" ] && command -v redis-server >/dev/null; then
+  redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+  pids+=($!)
+  export CHAT_REDIS_URL=redis://127.0.0.1:6390
+fi
 for i in 1 2 3; do
   target/release/chat-backend --listen "127.0.0.1:900$i" --id "chat-$i" &
   pids+=($!)

@@ -3,18 +3,23 @@
 # that has only the Rust toolchain, gcc, Python 3 and Node.js. Idempotent:
 # anything already present is left alone.
 #   scripts/setup.sh          build dependencies only (cmake for pingora)
+#   scripts/setup.sh --demo   plus redis-server (so the demo's backends share rooms)
 #   scripts/setup.sh --test   plus redis-server, chromium, Python and Node test deps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
+want_demo=0
 [ "${1:-}" = "--test" ] && want_test=1
+[ "${1:-}" = "--demo" ] && want_demo=1
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
-if [ "$want_test" = 1 ]; then
+if [ "$want_test" = 1 ] || [ "$want_demo" = 1 ]; then
   command -v redis-server >/dev/null || missing+=(redis-server)
-  command -v chromium >/dev/null || missing+=(chromium)
+fi
+if [ "$want_test" = 1 ]; then
+  command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"

@@ -11,3 +11,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace
 python3 -m pytest -q tests/python
+# Headless Chromium through wsgate over wss (saves tests/artifacts/chat-browser.png).
+node --test tests/browser/chat.test.mjs
