@@ -64,6 +64,14 @@ pub fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless session tickets (the state travels encrypted in the ticket,
+    // under keys that rotate): resumption then works for any number of
+    // clients, where rustls' default in-memory cache holds 256 sessions.
+    // That matters most right after a drain, when many clients reconnect
+    // at once. One ticket per handshake is enough for a WebSocket client,
+    // which reconnects one connection at a time.
+    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    server.send_tls13_tickets = 1;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -230,6 +238,80 @@ mod tests {
         assert!(is(r.pick(Some("www.example.com")), &a));
         assert!(is(r.pick(Some("other.org")), &b));
         assert!(is(r.pick(None), &b));
+        let _ = fs::remove_dir_all(d);
+    }
+
+    #[tokio::test]
+    async fn second_connection_resumes_with_a_stateless_ticket() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let d = temp_dir("resume");
+        let (cert, key) = (d.join("r.crt"), d.join("r.key"));
+        generate_dev_cert(&cert, &key).unwrap();
+        let acceptor = acceptor(&config::Tls {
+            certificates: vec![config::Certificate {
+                cert: cert.clone(),
+                key,
+                server_names: vec![],
+                generate_if_missing: false,
+            }],
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut s) = acceptor.accept(tcp).await {
+                        let _ = s.write_all(b"hi").await;
+                        let mut sink = Vec::new();
+                        let _ = s.read_to_end(&mut sink).await;
+                    }
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = fs::read(&cert).unwrap();
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        let connector = tokio_rustls::TlsConnector::from(client);
+        let step = std::time::Duration::from_secs(10);
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect(addr))
+                .await
+                .unwrap()
+                .unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut s = tokio::time::timeout(step, connector.connect(name, tcp))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut hi = [0u8; 2];
+            // Reading also takes in the ticket sent after the handshake.
+            tokio::time::timeout(step, s.read_exact(&mut hi))
+                .await
+                .unwrap()
+                .unwrap();
+            kinds.push(s.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
         let _ = fs::remove_dir_all(d);
     }
 
