@@ -457,6 +457,11 @@ main() {
     configure
     : >"$RAW.tmp"
     log "work dir $WORK; reps=$REPS quick=$QUICK; proxy on CPU $PROXY_CPU, load on CPU $LOAD_CPU"
+    local load1
+    load1=$(cut -d' ' -f1 /proc/loadavg)
+    if awk -v l="$load1" 'BEGIN {exit !(l > 0.5)}'; then
+        log "warning: load average $load1: something else is running; the numbers will be disturbed (BENCHMARKS.md shows how much)"
+    fi
     start_backends
 
     local rep k i

@@ -24,6 +24,7 @@ import sys
 
 CANDIDATES = ["wsgate", "haproxy", "nginx"]
 NAMES = {"direct": "direct (no proxy)", "wsgate": "wsgate", "haproxy": "HAProxy", "nginx": "NGINX"}
+NOISY = 0.25  # share of a core used by other programs that makes a run suspect
 COLORS = {"direct": "#9e9e9e", "wsgate": "#1f77b4", "haproxy": "#ff7f0e", "nginx": "#2ca02c"}
 
 
@@ -124,6 +125,19 @@ def med(xs):
 def rep_ratios(vals, a, b="haproxy"):
     va, vb = vals.get(a, {}), vals.get(b, {})
     return [va[k] / vb[k] for k in sorted(va) if k in vb and vb[k]]
+
+
+def rep_ratio_text(vals, test, noisy, a="wsgate", b="haproxy"):
+    """Each repetition's ratio; `*` marks one where other programs used more
+    than NOISY of a core during either run."""
+    va, vb = vals.get(a, {}), vals.get(b, {})
+    out = []
+    for k in sorted(va):
+        if k in vb and vb[k]:
+            hit = (a, test, k) in noisy or (b, test, k) in noisy
+            star = "*" if hit and not test.startswith("idle") else ""  # memory does not depend on CPU contention
+            out.append(f"{va[k] / vb[k]:.2f}{star}")
+    return ", ".join(out)
 
 
 def drain_eval(r, window):
@@ -252,6 +266,9 @@ def write_report(a):
                                + (f", first: {err.get('first')}" if err.get("first") else "") if s else ", no summary"))
 
     drains = [d for d in (drain_eval(r, a.drain_window) for r in runs if r["test"] == "drain") if d]
+    noisy = {(r["proxy"], r["test"], r["rep"]) for r in runs if (other_share(r) or 0) > NOISY}
+    shares = [x for x in (other_share(r) for r in runs) if x is not None]
+    mean_other = sum(shares) / len(shares) if shares else 0.0
 
     commit = a.commit or sh("git rev-parse HEAD")
     dirty = ""
@@ -281,6 +298,10 @@ def write_report(a):
         w("**The binaries were not rebuilt by this run (`NO_BUILD=1`)**, so they may not match that commit.\n")
     if head_now != commit:
         w(f"Note: the repository moved to `{head_now[:12]}` while the run was going; the binaries are from `{commit[:12]}`.\n")
+    if mean_other > NOISY:
+        w(f"> **Warning: the machine was busy with other work during this run** (on average {mean_other * 100:.0f}% of a core "
+          "besides the proxy, the generator and the backends; see [Other load](#other-load-on-the-machine-during-each-run)). "
+          "Latencies and CPU figures are disturbed; rerun on a quiet machine.\n")
     w("Reproduce (on a Debian 12 machine with 2 or more cores, as root, from the repository root):\n")
     w("```sh\nbench/compare.sh            # REPS=3 by default; QUICK=1 REPS=1 for a smoke run\n```\n")
     w("It installs HAProxy and NGINX from Debian's packages if they are missing, builds everything in release mode, "
@@ -351,7 +372,7 @@ def write_report(a):
         verdicts.append((tid, ttitle, r, goal, ok))
         unit, d = METRICS[metric][3], METRICS[metric][4]
         goal_txt = "no worse than HAProxy (≤ 1.0×)" if goal == 1.0 else f"≤ {goal:g}×"
-        w(f"| {ttitle} | {goal_txt} | {fmt(r)}× [{', '.join(fmt(x) for x in rr)}] | {verdict} | {fmt(med(nr))}× | "
+        w(f"| {ttitle} | {goal_txt} | {fmt(r)}× [{rep_ratio_text(vals, METRICS[metric][0], noisy)}] | {verdict} | {fmt(med(nr))}× | "
           f"{fmt(med_of[metric].get('wsgate'), d)} {unit} | {fmt(med_of[metric].get('haproxy'), d)} {unit} | {fmt(med_of[metric].get('nginx'), d)} {unit} |")
 
     # 9,000 concurrent
@@ -372,6 +393,9 @@ def write_report(a):
       f"worst second: {drain_worsts} | "
       f"{'**MET**' if drain_ok else '**MISSED**'} | n/a (wsgate only) | | | |")
     w("")
+    if noisy:
+        w(f"`*`: during that repetition's wsgate or HAProxy run, other programs used more than {NOISY * 100:.0f}% of a core "
+          "(see [Other load](#other-load-on-the-machine-during-each-run)).\n")
     w(f"![wsgate, HAProxy and NGINX: medians with goals]({chart_rel})\n" if chart_ok else "(the chart could not be drawn)\n")
 
     # Medians table
