@@ -21,8 +21,8 @@ use serde::Deserialize;
 use std::process::ExitCode;
 
 const FONT: &str = "sans-serif";
-const WIDTH: u32 = 1100;
-const PANEL_HEIGHT: u32 = 260;
+const WIDTH: u32 = 960;
+const PANEL_HEIGHT: u32 = 230;
 
 #[derive(Deserialize)]
 struct Spec {
