@@ -16,6 +16,7 @@ the table quotes the median of those per-repetition ratios.
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -514,8 +515,10 @@ def extrapolation(med_of, a):
         return f"{b / 2**30:.1f} GiB"
 
     L = ["## Extrapolation to 1,000,000 connections on one larger machine\n"]
-    L.append("From the measured wsgate medians above (memory does not depend on the core count: one connection is "
-             "two sockets and one task; CPU does, with one worker thread per core).\n")
+    L.append(f"From the measured wsgate medians above, at {a.idle_conns:,} connections (memory does not depend on the core "
+             "count: one connection is two sockets and one task; CPU does, with one worker thread per core). Per-connection "
+             "memory measured at a few thousand connections is assumed to stay flat up to a million; allocator "
+             "fragmentation after churn can add to it, so keep the headroom.\n")
     L.append("| | per connection | 1,000,000 connections |")
     L.append("|---|---|---|")
     if ws is not None:
@@ -524,9 +527,12 @@ def extrapolation(med_of, a):
         L.append(f"| wsgate user space, wss (measured) | {wss:.1f} KiB | {gib(wss * 1024 * n)} |")
     L.append(f"| kernel, idle: 2 TCP sockets (slab object sizes on this kernel: {slab_txt} per socket) | {kern / 1024:.1f} KiB | {gib(kern * n)} |")
     L.append(f"| kernel socket buffers while messages are in flight (a 64-byte message holds one skb, ~1–4 KiB; "
-             "an idle socket holds none) | 0 idle, ~4–8 KiB busy | ~1–2 GiB if 25% are busy at once |")
+             "an idle socket holds none) | 0 idle, ~4–8 KiB busy | ~2–4 GiB if a quarter of the 2,000,000 sockets hold data at once |")
     if wss is not None:
-        L.append(f"| **total, wss, mostly idle** | | **~{gib((wss * 1024 + kern) * n)} + headroom: plan for a 32 GiB machine** |")
+        total = (wss * 1024 + kern) * n
+        plan = math.ceil(total * 1.5 / 2**30 / 8) * 8
+        L.append(f"| **total, wss, mostly idle** | | **~{gib(total)}; with headroom for busy sockets and reconnect waves, "
+                 f"plan for {plan} GiB or more** |")
     L.append("")
     L.append(f"- **Descriptors.** Two per connection (client side and backend side): 2,000,000 plus listeners. "
              f"The per-process cap `fs.nr_open` is {nr_open} here (the kernel default 1,048,576), so raise it: "
@@ -541,18 +547,25 @@ def extrapolation(med_of, a):
              "4-tuple unique. `net.ipv4.tcp_tw_reuse=1` lets reconnect storms reuse backend-side ports in TIME_WAIT.")
     L.append(f"- **TCP memory.** `net.ipv4.tcp_mem` is in pages ({tcp_mem} here, sized from RAM). With 2,000,000 "
              "sockets, even 2 KiB of queued data on 10% of them is 100,000 pages; set e.g. `tcp_mem = 1000000 1500000 2000000` "
-             "(4/6/8 GiB) so the kernel does not enter memory pressure and start collapsing queues. Keep "
-             "`tcp_rmem`/`tcp_wmem` minimum and default small (`4096 16384 4194304`, `4096 16384 4194304`): chat traffic "
-             "needs no large windows, and the autotuned maximum applies only to busy sockets.")
+             "(4/6/8 GiB) so the kernel does not enter memory pressure and start collapsing queues. Buffers are "
+             "allocated only while data is queued, so `tcp_rmem`/`tcp_wmem` bound the worst case rather than the idle "
+             "cost; lowering the defaults (e.g. `tcp_rmem = 4096 16384 4194304`, `tcp_wmem = 4096 16384 4194304`) "
+             "keeps a burst on many sockets at once from exhausting `tcp_mem`; chat messages need no large windows.")
     L.append(f"- **Accept queue.** `net.core.somaxconn` ({somax} here) and `net.ipv4.tcp_max_syn_backlog` to 65535, so a "
              "reconnect wave after a restart (which wsgate paces anyway) is not dropped at the listener.")
     L.append("- **Connection tracking.** If `nf_conntrack` is loaded, every connection is tracked twice: "
              "raise `net.netfilter.nf_conntrack_max` to 2,500,000 (~300 bytes each, ~0.7 GiB) or exempt the proxy's "
              "ports with `notrack`.")
-    L.append("- **CPU.** Idle connections cost no CPU in wsgate (no per-connection timers beyond the idle timeout; "
-             "pings are the backend's). The message rate and the handshake rate set the core count: use the CPU per "
-             "message and per handshake above (one core, one thread) times the expected rates, with headroom for a "
-             "reconnect wave of e.g. 10,000 TLS handshakes per second.")
+    cpu_msg = med_of["cpu_wss"].get("wsgate")
+    cpu_hs = med_of["hs_cpu"].get("wsgate")
+    heartbeat = (f" At the measured {cpu_msg:.1f} µs per echoed wss message, the heartbeats alone take about "
+                 f"{40_000 * cpu_msg / 1e6:.1f} cores.") if cpu_msg else ""
+    wave = (f" A reconnect wave of 10,000 full TLS handshakes per second costs about {10_000 * cpu_hs / 1000:.1f} cores "
+            f"at the measured {cpu_hs:.2f} ms each.") if cpu_hs else ""
+    L.append("- **CPU.** An idle connection still carries its heartbeat: `chat-backend` pings every 25 s, so 1,000,000 "
+             "connections make 40,000 pings and 40,000 pongs per second through the proxy." + heartbeat
+             + " Add the expected message rate times the CPU per message." + wave
+             + " wsgate runs one worker thread per core, so these add up across cores.")
     L.append("")
     return "\n".join(L)
 
