@@ -253,6 +253,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         ),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.runtime.upgrade_sock.display().to_string(),
+        work_stealing: config.runtime.work_stealing,
         ..ServerConf::default()
     };
     let pid = std::process::id();
