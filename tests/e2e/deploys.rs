@@ -579,3 +579,63 @@ async fn zero_downtime_restart_refuses_no_connection() {
     assert!(ok > 20, "the loop kept connecting ({ok})");
     assert_eq!(backend_of(&new, "after").await.unwrap(), "b1");
 }
+
+/// The two other ways to reload: SIGHUP, and simply saving the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_saving_the_file_both_reload() {
+    let backends: Vec<Backend> = ["b1", "b2", "b3"]
+        .iter()
+        .map(|id| Backend::start(id).unwrap())
+        .collect();
+    let extra = format!("    drain: {{ window: 1s }}\ntimeouts: {{ close: 1s }}\n{ADMIN}");
+    let gate = Gate::start(&tls_config(&ids_of(&backends), &extra), 1).unwrap();
+    let ring = Ring::new([("b1", 1), ("b2", 1), ("b3", 1)]);
+    let user_of = |index: usize| {
+        (0..)
+            .map(|i| format!("hup-{i}"))
+            .find(|u| ring.pick(key_hash(u.as_bytes())) == Some(index))
+            .unwrap()
+    };
+    let (b2_user, b3_user) = (user_of(1), user_of(2));
+    // Saving the file: b3 removed, noticed within about a second.
+    let without_b3 = [("b1", backends[0].addr, 1), ("b2", backends[1].addr, 1)];
+    std::fs::write(
+        gate.dir.join("wsgate.yaml"),
+        tls_config(&without_b3, &extra),
+    )
+    .unwrap();
+    let deadline = Instant::now() + STEP;
+    while backend_of(&gate, &b3_user).await.unwrap() == "b3" {
+        assert!(
+            Instant::now() < deadline,
+            "the saved file was never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGHUP: b2 removed too. If the file watcher saw this write, the test
+    // would pass without SIGHUP, so the file's modification time is put
+    // back after writing and the test first checks nothing changed.
+    let path = gate.dir.join("wsgate.yaml");
+    let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let only_b1 = [("b1", backends[0].addr, 1)];
+    std::fs::write(&path, tls_config(&only_b1, &extra)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        backend_of(&gate, &b2_user).await.unwrap(),
+        "b2",
+        "not reloaded yet"
+    );
+    gate.proc.signal("HUP");
+    let deadline = Instant::now() + STEP;
+    while backend_of(&gate, &b2_user).await.unwrap() != "b1" {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
