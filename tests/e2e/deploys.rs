@@ -70,6 +70,25 @@ async fn watch(user: String, backend: String, mut ws: Ws, until: Instant) -> (Se
     }
 }
 
+/// Backends with these ids behind one wsgate (TLS, sticky on `?user=`),
+/// with `extra` YAML appended to the config.
+fn cluster(ids: &[&str], extra: &str) -> (Vec<Backend>, Gate) {
+    let backends: Vec<Backend> = ids.iter().map(|id| Backend::start(id).unwrap()).collect();
+    let gate = Gate::start(&tls_config(&ids_of(&backends), extra), 1).unwrap();
+    (backends, gate)
+}
+
+/// Watches every client until `until` (see `watch`).
+fn watch_all(
+    clients: Vec<(String, String, Ws)>,
+    until: Instant,
+) -> Vec<tokio::task::JoinHandle<(Seen, Option<Ws>)>> {
+    clients
+        .into_iter()
+        .map(|(u, b, ws)| tokio::spawn(watch(u, b, ws, until)))
+        .collect()
+}
+
 fn run_cli(gate: &Gate, args: &[&str]) -> (i32, String, String) {
     gate.cli(args).unwrap()
 }
@@ -98,10 +117,7 @@ async fn drain_closes_only_b2_with_1012_spread_over_the_window() {
 
     let start = Instant::now();
     let until = start + Duration::from_secs(3 + 2 + 3);
-    let watchers: Vec<_> = clients
-        .into_iter()
-        .map(|(u, b, ws)| tokio::spawn(watch(u, b, ws, until)))
-        .collect();
+    let watchers = watch_all(clients, until);
     let handle = gate.cli_handle();
     let cli = tokio::task::spawn_blocking(move || {
         handle
@@ -210,15 +226,10 @@ async fn stream_until_closed(mut ws: Ws, seed: u8) -> (usize, u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_during_large_fragmented_streams_cuts_no_frame() {
-    let backends: Vec<Backend> = ["b1", "b2"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let yaml = tls_config(
-        &ids_of(&backends),
+    let (_backends, gate) = cluster(
+        &["b1", "b2"],
         &format!("timeouts: {{ close: 3s }}\n{ADMIN}"),
     );
-    let gate = Gate::start(&yaml, 1).unwrap();
     let clients = connect_many(&gate, 24, "streamer-").await;
     let tasks: Vec<_> = clients
         .into_iter()
@@ -257,23 +268,15 @@ async fn drain_during_large_fragmented_streams_cuts_no_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undrain_halfway_leaves_the_rest_open() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let yaml = tls_config(
-        &ids_of(&backends),
+    let (_backends, gate) = cluster(
+        &["b1", "b2", "b3"],
         &format!("timeouts: {{ close: 1s }}\n{ADMIN}"),
     );
-    let gate = Gate::start(&yaml, 1).unwrap();
     let clients = connect_many(&gate, 150, "u-").await;
     let on_b2: Vec<_> = clients.into_iter().filter(|c| c.1 == "b2").collect();
     let n = on_b2.len();
     let until = Instant::now() + Duration::from_secs(8);
-    let watchers: Vec<_> = on_b2
-        .into_iter()
-        .map(|(u, b, ws)| tokio::spawn(watch(u, b, ws, until)))
-        .collect();
+    let watchers = watch_all(on_b2, until);
     assert_eq!(run_cli(&gate, &["drain", "chat/b2", "--window", "4s"]).0, 0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (code, out, _) = run_cli(&gate, &["undrain", "chat/b2"]);
@@ -310,18 +313,11 @@ async fn undrain_halfway_leaves_the_rest_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_without_b2_drains_it_and_a_broken_config_changes_nothing() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
     let extra = format!("    drain: {{ window: 1s }}\ntimeouts: {{ close: 1s }}\n{ADMIN}");
-    let gate = Gate::start(&tls_config(&ids_of(&backends), &extra), 1).unwrap();
+    let (backends, gate) = cluster(&["b1", "b2", "b3"], &extra);
     let clients = connect_many(&gate, 90, "r-").await;
     let until = Instant::now() + Duration::from_secs(5);
-    let watchers: Vec<_> = clients
-        .into_iter()
-        .map(|(u, b, ws)| tokio::spawn(watch(u, b, ws, until)))
-        .collect();
+    let watchers = watch_all(clients, until);
 
     let kept = [("b1", backends[0].addr, 1), ("b3", backends[2].addr, 1)];
     let without_b2 = tls_config(&kept, &extra);
@@ -361,19 +357,12 @@ async fn reload_without_b2_drains_it_and_a_broken_config_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_b4_migrates_exactly_its_keys_or_keeps_them() {
     for policy in ["migrate", "keep"] {
-        let backends: Vec<Backend> = ["b1", "b2", "b3"]
-            .iter()
-            .map(|id| Backend::start(id).unwrap())
-            .collect();
         let b4 = Backend::start("b4").unwrap();
         let extra = format!("    rebalance: {policy}\n    drain: {{ window: 1s }}\ntimeouts: {{ close: 1s }}\n{ADMIN}");
-        let gate = Gate::start(&tls_config(&ids_of(&backends), &extra), 1).unwrap();
+        let (_backends, gate) = cluster(&["b1", "b2", "b3"], &extra);
         let clients = connect_many(&gate, 200, "m-").await;
         let until = Instant::now() + Duration::from_secs(4);
-        let watchers: Vec<_> = clients
-            .into_iter()
-            .map(|(u, b, ws)| tokio::spawn(watch(u, b, ws, until)))
-            .collect();
+        let watchers = watch_all(clients, until);
         let (code, out, err) = run_cli(
             &gate,
             &[
@@ -406,14 +395,10 @@ async fn adding_b4_migrates_exactly_its_keys_or_keeps_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_is_marked_down_and_its_users_go_elsewhere() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
     let extra = format!(
         "    health_check: {{ path: /healthz, interval: 200ms, timeout: 200ms, fall: 2, rise: 1 }}\n{ADMIN}"
     );
-    let gate = Gate::start(&tls_config(&ids_of(&backends), &extra), 1).unwrap();
+    let (backends, gate) = cluster(&["b1", "b2", "b3"], &extra);
     backends[2].proc.signal("KILL");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -441,11 +426,7 @@ async fn killed_backend_is_marked_down_and_its_users_go_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_without_the_token_get_401_and_change_nothing() {
-    let backends: Vec<Backend> = ["b1", "b2"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let gate = Gate::start(&tls_config(&ids_of(&backends), ADMIN), 1).unwrap();
+    let (_backends, gate) = cluster(&["b1", "b2"], ADMIN);
     let admin = gate.admin.unwrap();
     for auth in [
         "",
@@ -583,12 +564,8 @@ async fn zero_downtime_restart_refuses_no_connection() {
 /// The two other ways to reload: SIGHUP, and simply saving the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_saving_the_file_both_reload() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
     let extra = format!("    drain: {{ window: 1s }}\ntimeouts: {{ close: 1s }}\n{ADMIN}");
-    let gate = Gate::start(&tls_config(&ids_of(&backends), &extra), 1).unwrap();
+    let (backends, gate) = cluster(&["b1", "b2", "b3"], &extra);
     let ring = Ring::new([("b1", 1), ("b2", 1), ("b3", 1)]);
     let user_of = |index: usize| {
         (0..)
