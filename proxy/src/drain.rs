@@ -53,8 +53,6 @@ pub struct Target {
 /// A running drain, rebalance or shutdown.
 pub struct DrainJob {
     pub total: usize,
-    pub started: Instant,
-    pub window: Duration,
     sent: Arc<AtomicUsize>,
     abort: AbortHandle,
 }
@@ -73,7 +71,6 @@ impl DrainJob {
         let mut rng = rand::thread_rng();
         targets.shuffle(&mut rng);
         let times = schedule(targets.len(), window, max_per_second, &mut rng);
-        let effective = times.last().copied().unwrap_or_default().max(window);
         let total = targets.len();
         let sent = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
@@ -87,8 +84,6 @@ impl DrainJob {
         });
         DrainJob {
             total,
-            started,
-            window: effective,
             sent,
             abort: task.abort_handle(),
         }
