@@ -48,6 +48,9 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+/// Receives a child's stderr, line by line.
+type LineSink = Box<dyn FnMut(&str) + Send>;
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -56,16 +59,28 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` and waits (bounded) until stdout prints a line for which
-    /// `ready` returns Some.
+    /// `ready` returns Some. Stderr goes to `stderr_line` line by line, or to
+    /// the test's own stderr when that is None.
     fn spawn<T>(
         mut cmd: Command,
         mut ready: impl FnMut(&str) -> Option<T>,
         count: usize,
+        stderr_line: Option<LineSink>,
     ) -> Result<(Proc, Vec<T>)> {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .stdin(Stdio::null());
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        cmd.stderr(if stderr_line.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
         let mut child = cmd.spawn().context("spawn")?;
+        if let (Some(mut sink), Some(stderr)) = (stderr_line, child.stderr.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink(&line);
+                }
+            });
+        }
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -138,6 +153,10 @@ impl Backend {
     pub fn start_on(id: &str, listen: &str) -> Result<Backend> {
         let mut cmd = Command::new(bin("chat-backend"));
         cmd.args(["--listen", listen, "--id", id]);
+        Backend::launch(id, cmd, None)
+    }
+
+    fn launch(id: &str, cmd: Command, stderr_line: Option<LineSink>) -> Result<Backend> {
         let (proc, addrs) = Proc::spawn(
             cmd,
             |line| {
@@ -145,6 +164,7 @@ impl Backend {
                     .and_then(|(_, a)| a.trim().parse().ok())
             },
             1,
+            stderr_line,
         )?;
         Ok(Backend {
             id: id.to_string(),
@@ -197,6 +217,7 @@ impl Gate {
                 url.split("://").nth(1)?.parse().ok().map(|a| (false, a))
             },
             want,
+            None,
         )?;
         let admin = found
             .iter()
@@ -565,46 +586,15 @@ impl Backend {
         let mut cmd = Command::new(bin("chat-backend"));
         cmd.args(["--listen", "127.0.0.1:0", "--id", id])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped());
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        let mut child = cmd.spawn()?;
+            .env("NO_COLOR", "1");
         let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let c = count.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if needles.iter().all(|n| line.contains(n)) {
-                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+        let sink = Box::new(move |line: &str| {
+            if needles.iter().all(|n| line.contains(n)) {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let proc = Proc { child, lines: rx };
-        let line = proc
-            .lines
-            .recv_timeout(STEP)
-            .context("backend did not start")?;
-        let addr = line
-            .rsplit_once(" listening on ")
-            .and_then(|(_, a)| a.trim().parse().ok())
-            .ok_or_else(|| anyhow!("unexpected first line {line}"))?;
-        Ok((
-            Backend {
-                id: id.to_string(),
-                addr,
-                proc,
-            },
-            LogCounter(count),
-        ))
+        Ok((Backend::launch(id, cmd, Some(sink))?, LogCounter(count)))
     }
 }
 
