@@ -199,11 +199,11 @@ mod tests {
             "about half remain: {cancelled}"
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let closed = held.iter().filter(|(_, rx)| rx.borrow().is_some()).count();
+        let closed = held.iter().filter(|(_, rx)| rx.cause().is_some()).count();
         assert_eq!(closed, 10 - cancelled, "nothing is closed after cancel");
         assert!(held
             .iter()
-            .filter_map(|(_, rx)| *rx.borrow())
+            .filter_map(|(_, rx)| rx.cause())
             .all(|c| c == CloseCause::Drain(1012)));
     }
 }

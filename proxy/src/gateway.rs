@@ -16,8 +16,6 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{Config, OnMissingKey};
@@ -26,8 +24,9 @@ use crate::handshake;
 use crate::registry::BackendKey;
 use crate::ring;
 use crate::route;
+use crate::splice;
 use crate::sticky;
-use crate::tunnel::{self, CloseCause, TunnelConfig};
+use crate::tunnel::TunnelConfig;
 use crate::upstream::{self, UpstreamTimeouts};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -131,38 +130,17 @@ impl Gateway {
         match client_upgrade {
             Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
-                let cfg = tunnel_config(config);
-                let control = self.control.clone();
                 tokio::spawn(
-                    async move {
-                        let (c, b) = match tokio::join!(client_upgrade, backend_upgrade) {
-                            (Ok(c), Ok(b)) => (c, b),
-                            (c, b) => {
-                                tracing::warn!(
-                                    client_ok = c.is_ok(),
-                                    backend_ok = b.is_ok(),
-                                    "upgrade did not complete"
-                                );
-                                return;
-                            }
-                        };
-                        let (_guard, handle) = control.registry.register(&backend_key, key_hash);
-                        // The backend may have stopped taking connections
-                        // between routing and now; such a late arrival is
-                        // closed at once rather than stranded.
-                        let arrival = control.close_on_arrival(&backend_key, key_hash);
-                        let report = tunnel::run(
-                            TokioIo::new(c),
-                            TokioIo::new(b),
-                            cfg,
-                            requested_close(arrival, handle),
-                        )
-                        .await;
-                        if let Some(cause) = report.cause {
-                            control.registry.closes.record(cause);
-                        }
-                        tracing::debug!(?report, "tunnel closed");
-                    }
+                    splice::start(
+                        client_upgrade,
+                        backend_upgrade,
+                        splice::Context {
+                            control: self.control.clone(),
+                            backend: backend_key,
+                            key_hash,
+                            cfg: tunnel_config(config),
+                        },
+                    )
                     .instrument(span),
                 );
                 let (parts, _) = resp.into_parts();
@@ -182,27 +160,6 @@ fn tunnel_config(config: &Config) -> TunnelConfig {
         idle: config.timeouts.idle,
         close_timeout: config.timeouts.close,
         max_message_bytes: config.limits.max_message_bytes,
-    }
-}
-
-/// Resolves to [`CloseCause::Shutdown`] once the process begins shutting down.
-/// Resolves when the control plane asks this connection to close (drain,
-/// rebalance, shutdown), or at once for a late arrival.
-async fn requested_close(
-    arrival: Option<CloseCause>,
-    mut handle: watch::Receiver<Option<CloseCause>>,
-) -> CloseCause {
-    if let Some(cause) = arrival {
-        return cause;
-    }
-    loop {
-        if let Some(cause) = *handle.borrow_and_update() {
-            return cause;
-        }
-        if handle.changed().await.is_err() {
-            // The registry entry is gone; nothing will ever ask.
-            std::future::pending::<()>().await;
-        }
     }
 }
 

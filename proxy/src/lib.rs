@@ -7,11 +7,12 @@
 //! [`upstream`], [`tunnel`], [`gateway`] and [`server`]. `ARCHITECTURE.md`
 //! draws how they connect.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod adminclient;
 pub mod bufpool;
+pub mod closesignal;
 pub mod config;
 pub mod control;
 pub mod drain;
@@ -25,6 +26,8 @@ pub mod ring;
 pub mod route;
 pub mod server;
 pub mod snapshot;
+pub mod socket;
+pub mod splice;
 pub mod sticky;
 pub mod tls;
 pub mod tunnel;

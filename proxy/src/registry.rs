@@ -12,8 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::watch;
-
+use crate::closesignal::CloseSignal;
 use crate::tunnel::CloseCause;
 
 /// Identifies one backend across config reloads: ids are stable, addresses
@@ -41,7 +40,7 @@ impl std::fmt::Display for BackendKey {
 
 struct Conn {
     key_hash: u64,
-    close: watch::Sender<Option<CloseCause>>,
+    close: Arc<CloseSignal>,
 }
 
 /// The live connections of one backend, plus its passive-health counter.
@@ -115,23 +114,19 @@ impl Registry {
 
     /// Registers a tunnel; it is removed when the guard drops. The receiver
     /// yields a cause when the control plane wants this connection closed.
-    pub fn register(
-        &self,
-        key: &BackendKey,
-        key_hash: u64,
-    ) -> (ConnGuard, watch::Receiver<Option<CloseCause>>) {
+    pub fn register(&self, key: &BackendKey, key_hash: u64) -> (ConnGuard, Arc<CloseSignal>) {
         let backend = self.backend(key);
         let conn_id = self.next_id.fetch_add(1, Relaxed);
-        let (tx, rx) = watch::channel(None);
+        let signal = Arc::new(CloseSignal::new());
         backend.lock().insert(
             conn_id,
             Conn {
                 key_hash,
-                close: tx,
+                close: signal.clone(),
             },
         );
         backend.count.fetch_add(1, Relaxed);
-        (ConnGuard { backend, conn_id }, rx)
+        (ConnGuard { backend, conn_id }, signal)
     }
 
     /// Every backend with its connection count, including backends no longer
@@ -164,14 +159,7 @@ impl Registry {
         match map.get(&conn_id) {
             Some(c) => {
                 // First cause wins; a connection already closing keeps its code.
-                c.close.send_if_modified(|v| {
-                    if v.is_none() {
-                        *v = Some(cause);
-                        true
-                    } else {
-                        false
-                    }
-                });
+                c.close.request(cause);
                 true
             }
             None => false,
@@ -201,7 +189,7 @@ mod tests {
     fn register_count_close_and_drop() {
         let r = Registry::default();
         let k = BackendKey::new("chat", "b1");
-        let (g1, mut rx1) = r.register(&k, 11);
+        let (g1, rx1) = r.register(&k, 11);
         let (g2, _rx2) = r.register(&k, 22);
         assert_eq!(r.count(&k), 2);
         let mut hashes: Vec<u64> = r.conns(&k).iter().map(|c| c.key_hash).collect();
@@ -216,7 +204,7 @@ mod tests {
         assert!(r.close(&k, id1, CloseCause::Drain(1012)));
         assert!(r.close(&k, id1, CloseCause::Shutdown), "still registered");
         assert_eq!(
-            *rx1.borrow_and_update(),
+            rx1.cause(),
             Some(CloseCause::Drain(1012)),
             "first cause wins"
         );

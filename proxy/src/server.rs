@@ -71,10 +71,18 @@ impl ServerApp for ListenerApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied()));
-        let Some(addr) = peer else {
+        let tcp = match crate::socket::take_over(&stream) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot take over an accepted connection; dropped");
+                return None;
+            }
+        };
+        // pingora's wrapper (digests, timing, tracing hooks) would cost
+        // memory and CPU on every idle tunnel; the duplicate socket above
+        // now owns the connection.
+        drop(stream);
+        let Ok(addr) = tcp.peer_addr() else {
             tracing::debug!("connection without a peer address; dropped");
             return None;
         };
@@ -86,11 +94,9 @@ impl ServerApp for ListenerApp {
         let shutdown = shutdown.clone();
         async move {
             match &self.tls {
-                None => self.serve(stream, client, shutdown).await,
+                None => self.serve(tcp, client, shutdown).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
+                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => self.serve(tls, client, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -17,14 +17,17 @@
 //! shutdown of the other side's write half.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::watch;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::bufpool;
+use crate::closesignal::CloseSignal;
 use crate::frame::{close_code, encode_close, FrameTracker, Sender};
 
 #[derive(Debug, Clone, Copy)]
@@ -102,22 +105,27 @@ enum Dir {
 /// one task, so nothing here is contended; atomics (all `Relaxed`) are used
 /// only because the task future must be `Send`. Times are nanoseconds since
 /// `start`, with 0 meaning "not yet" for `closing_since`.
-struct Shared {
-    signal: watch::Sender<Option<CloseCause>>,
+struct Shared<'a> {
+    signal: &'a CloseSignal,
     start: Instant,
     last_activity: AtomicU64,
     closing_since: AtomicU64,
+    /// Bumped whenever a pump decides a cause or a close starts, so the
+    /// supervisor polls both pumps again before the task sleeps: the other
+    /// pump must see the news, and nothing else would wake it.
+    changes: AtomicU32,
     discarded: AtomicU64,
     sent: [AtomicU64; 2],
 }
 
-impl Shared {
-    fn new(signal: watch::Sender<Option<CloseCause>>) -> Self {
+impl<'a> Shared<'a> {
+    fn new(signal: &'a CloseSignal) -> Self {
         Shared {
             signal,
             start: Instant::now(),
             last_activity: AtomicU64::new(0),
             closing_since: AtomicU64::new(0),
+            changes: AtomicU32::new(0),
             discarded: AtomicU64::new(0),
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
         }
@@ -149,90 +157,117 @@ impl Shared {
         }
     }
 
+    fn cause(&self) -> Option<CloseCause> {
+        self.signal.cause()
+    }
+
+    fn changes(&self) -> u32 {
+        self.changes.load(Relaxed)
+    }
+
     fn decide(&self, cause: CloseCause) {
         self.start_closing();
-        self.signal.send_if_modified(|c| {
-            if c.is_none() {
-                *c = Some(cause);
-                true
-            } else {
-                false
-            }
-        });
+        if self.signal.set(cause) {
+            self.changes.fetch_add(1, Relaxed);
+        }
     }
 
     fn start_closing(&self) {
         if self.closing_since.load(Relaxed) == 0 {
             self.closing_since.store(self.now(), Relaxed);
-            // Wake the timer loop so it arms the close deadline.
-            self.signal.send_modify(|_| {});
+            self.changes.fetch_add(1, Relaxed);
         }
     }
 }
 
-/// Runs the tunnel to completion. `external` resolves when something outside
-/// (shutdown, a drain) asks this connection to close.
-pub async fn run<C, B>(
-    client: C,
-    backend: B,
-    cfg: TunnelConfig,
-    external: impl Future<Output = CloseCause>,
+/// One side of a tunnel: its connection split into a read and a write half,
+/// and the bytes the HTTP layer read past the handshake (a frame the peer
+/// sent right behind its upgrade request or its 101), which go first.
+pub struct Side<R, W> {
+    pub read: R,
+    pub write: W,
+    pub early: Bytes,
+}
+
+/// Runs the tunnel to completion. `signal` carries causes set from outside
+/// (shutdown, a drain) and the tunnel's own; the report says which won.
+///
+/// Everything is passed by reference: a by-value argument of an async fn
+/// takes a second slot in its state machine once it is moved or rebound,
+/// and this state machine is most of an idle connection's memory.
+pub async fn run<CR, CW, BR, BW>(
+    client: &mut Side<CR, CW>,
+    backend: &mut Side<BR, BW>,
+    cfg: &TunnelConfig,
+    signal: &CloseSignal,
 ) -> TunnelReport
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
 {
-    let (signal, mut rx) = watch::channel(None);
     let shared = Shared::new(signal);
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut backend_rd, mut backend_wr) = tokio::io::split(backend);
-
+    let mut to_backend = Pump::new(
+        Dir::ToBackend,
+        &shared,
+        cfg.max_message_bytes,
+        std::mem::take(&mut client.early),
+    );
+    let mut to_client = Pump::new(
+        Dir::ToClient,
+        &shared,
+        cfg.max_message_bytes,
+        std::mem::take(&mut backend.early),
+    );
     let mut report = TunnelReport::default();
     {
-        // Built in place: a pump future stored in a local and then moved
-        // into a join would occupy two slots of this state machine, and
-        // this state machine is the bulk of an idle connection's memory.
         let mut pumps = std::pin::pin!(futures_util::future::join(
-            Pump::new(Dir::ToBackend, &shared, cfg.max_message_bytes)
-                .run(&mut client_rd, &mut backend_wr),
-            Pump::new(Dir::ToClient, &shared, cfg.max_message_bytes)
-                .run(&mut backend_rd, &mut client_wr),
+            to_backend.run(&mut client.read, &mut backend.write),
+            to_client.run(&mut backend.read, &mut client.write),
         ));
-        let mut external = std::pin::pin!(external);
-        let mut external_fired = false;
-        loop {
-            // One timer: the close deadline once closing, else the idle one.
-            let deadline = shared.closing_since().map(|t| t + cfg.close_timeout);
-            let wake_at = deadline.unwrap_or_else(|| shared.last_activity() + cfg.idle);
-            tokio::select! {
-                _ = pumps.as_mut() => break,
-                cause = external.as_mut(), if !external_fired => {
-                    external_fired = true;
-                    shared.decide(cause);
-                }
-                _ = tokio::time::sleep_until(wake_at) => {
-                    if deadline.is_some() {
-                        report.timed_out = true;
-                        break;
-                    }
-                    if shared.last_activity() + cfg.idle <= Instant::now() {
-                        shared.decide(CloseCause::Idle);
-                    }
-                }
-                // Wakes this task (and so the pumps) whenever a cause is
-                // decided or a close starts.
-                _ = rx.changed() => {}
+        // One timer: the idle check, re-armed lazily when it fires (not on
+        // every message), then the close deadline once a close starts.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(shared.last_activity() + cfg.idle));
+        let mut close_armed = false;
+        report.timed_out = std::future::poll_fn(|cx| loop {
+            let seen = shared.changes();
+            if signal.poll_cause(cx).is_ready() {
+                shared.start_closing();
             }
-        }
+            if pumps.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            if let (Some(since), false) = (shared.closing_since(), close_armed) {
+                close_armed = true;
+                timer.as_mut().reset(since + cfg.close_timeout);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                if close_armed {
+                    return Poll::Ready(true);
+                }
+                let idle_until = shared.last_activity() + cfg.idle;
+                if idle_until <= Instant::now() {
+                    shared.decide(CloseCause::Idle);
+                } else {
+                    timer.as_mut().reset(idle_until);
+                }
+                continue;
+            }
+            if shared.changes() == seen {
+                return Poll::Pending;
+            }
+        })
+        .await;
     }
     // Both pumps are done (or timed out): end both TCP connections. Best
     // effort and bounded, since a peer that stopped reading can stall a
     // TLS close_notify forever.
     let bound = Duration::from_millis(500).min(cfg.close_timeout);
-    let _ = tokio::time::timeout(bound, client_wr.shutdown()).await;
-    let _ = tokio::time::timeout(bound, backend_wr.shutdown()).await;
+    let _ = tokio::time::timeout(bound, client.write.shutdown()).await;
+    let _ = tokio::time::timeout(bound, backend.write.shutdown()).await;
 
-    report.cause = *shared.signal.borrow();
+    report.cause = shared.cause();
     report.bytes_to_backend = shared.sent[0].load(Relaxed);
     report.bytes_to_client = shared.sent[1].load(Relaxed);
     report.discarded_frames = shared.discarded.load(Relaxed);
@@ -240,15 +275,15 @@ where
 }
 
 /// Ready once a close cause is decided. It registers no waker of its own:
-/// the pumps run in the tunnel's task, whose timer loop waits on the cause
-/// channel, so setting a cause always re-polls the pumps. One waiter per
-/// tunnel instead of three keeps idle tunnels small.
-fn cause_decided(shared: &Shared) -> impl Future<Output = ()> + '_ {
+/// the pumps run in the tunnel's task, whose supervisor registers for
+/// causes set from outside and re-polls after causes decided inside. One
+/// waiter per tunnel instead of three keeps idle tunnels small.
+fn cause_decided<'a>(shared: &'a Shared<'_>) -> impl Future<Output = ()> + 'a {
     std::future::poll_fn(move |_| {
-        if shared.signal.borrow().is_some() {
-            std::task::Poll::Ready(())
+        if shared.cause().is_some() {
+            Poll::Ready(())
         } else {
-            std::task::Poll::Pending
+            Poll::Pending
         }
     })
 }
@@ -266,7 +301,9 @@ enum Mode {
 
 struct Pump<'a> {
     dir: Dir,
-    shared: &'a Shared,
+    shared: &'a Shared<'a>,
+    /// Bytes read past the handshake, forwarded before the first read.
+    early: Bytes,
     tracker: FrameTracker,
     /// The framing of the source could not be parsed; boundaries are unknown.
     broken: bool,
@@ -278,7 +315,7 @@ struct Pump<'a> {
 }
 
 impl<'a> Pump<'a> {
-    fn new(dir: Dir, shared: &'a Shared, max_message_bytes: u64) -> Self {
+    fn new(dir: Dir, shared: &'a Shared<'a>, max_message_bytes: u64, early: Bytes) -> Self {
         let sender = match dir {
             Dir::ToBackend => Sender::Client,
             Dir::ToClient => Sender::Server,
@@ -286,6 +323,7 @@ impl<'a> Pump<'a> {
         Pump {
             dir,
             shared,
+            early,
             tracker: FrameTracker::new(sender, max_message_bytes),
             broken: false,
             source_closed: false,
@@ -301,16 +339,24 @@ impl<'a> Pump<'a> {
         }
     }
 
-    async fn run<R, W>(mut self, src: &mut ReadHalf<R>, dst: &mut WriteHalf<W>)
+    async fn run<R, W>(&mut self, src: &mut R, dst: &mut W)
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let mut mode = Mode::Forward;
+        if !self.early.is_empty() {
+            self.shared.touch();
+            // Boxed: only a connection's first chunk can take this path.
+            match Box::pin(self.on_early(dst)).await {
+                Ok(Some(next)) => mode = next,
+                Ok(None) => return,
+                Err(_) => return self.destination_gone(),
+            }
+        }
         loop {
             if mode == Mode::Forward {
-                let decided = *self.shared.signal.borrow();
-                if let Some(cause) = decided {
+                if let Some(cause) = self.shared.cause() {
                     // Boxed: closing happens once per connection, and an
                     // inline close future would enlarge every idle tunnel.
                     mode = match self.close_for(cause) {
@@ -336,25 +382,78 @@ impl<'a> Pump<'a> {
                 _ => return Box::pin(self.on_source_end(dst, mode)).await,
             };
             self.shared.touch();
-            match self.on_bytes(dst, &bytes, mode).await {
+            let next = if mode == Mode::Forward && !self.broken {
+                self.forward_chunk(dst, &bytes).await
+            } else {
+                // Boxed: only a closing tunnel gets here, and inline this
+                // would enlarge every idle one.
+                Box::pin(self.on_bytes(dst, &bytes, mode)).await
+            };
+            match next {
                 Ok(Some(next)) => mode = next,
                 Ok(None) => return,
-                Err(_) => {
-                    // Writing failed: the destination is gone.
-                    self.shared.decide(match self.dir {
-                        Dir::ToBackend => CloseCause::BackendGone,
-                        Dir::ToClient => CloseCause::ClientGone,
-                    });
-                    return;
-                }
+                Err(_) => return self.destination_gone(),
             }
         }
+    }
+
+    async fn on_early<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+    ) -> std::io::Result<Option<Mode>> {
+        let early = std::mem::take(&mut self.early);
+        self.on_bytes(dst, &early, Mode::Forward).await
+    }
+
+    /// Writing failed: the destination is gone.
+    fn destination_gone(&self) {
+        self.shared.decide(match self.dir {
+            Dir::ToBackend => CloseCause::BackendGone,
+            Dir::ToClient => CloseCause::ClientGone,
+        });
+    }
+
+    /// Forwards one chunk while no close is due: the hot path of every
+    /// message. Returns the next mode, like [`Self::on_bytes`]. The frame
+    /// bookkeeping is synchronous around a single small write future, so
+    /// this path adds little to an idle tunnel's state.
+    async fn forward_chunk<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        bytes: &[u8],
+    ) -> std::io::Result<Option<Mode>> {
+        let close_frame_ended = match self.tracker.advance(bytes, false) {
+            Ok(adv) => adv.close_frame_ended,
+            Err(e) => {
+                // Nothing of this chunk is forwarded: the destination
+                // stays at the boundary where the last chunk left it.
+                self.broken = true;
+                tracing::debug!(dir = ?self.dir, error = %e, "invalid framing");
+                self.shared.decide(match self.dir {
+                    Dir::ToBackend => CloseCause::ClientProtocol(e.close_code()),
+                    Dir::ToClient => CloseCause::BackendProtocol,
+                });
+                return Ok(Some(Mode::Forward));
+            }
+        };
+        write_flushed(dst, bytes).await?;
+        self.count_sent(bytes.len());
+        self.dst_at_boundary = self.tracker.at_boundary();
+        if close_frame_ended {
+            self.source_closed = true;
+            self.shared.start_closing();
+        }
+        Ok(Some(Mode::Forward))
+    }
+
+    fn count_sent(&self, n: usize) {
+        self.shared.sent[self.dir as usize].fetch_add(n as u64, Relaxed);
     }
 
     /// Handles one chunk. Returns the next mode, or None when this pump is done.
     async fn on_bytes<W: AsyncWrite + Unpin>(
         &mut self,
-        dst: &mut WriteHalf<W>,
+        dst: &mut W,
         bytes: &[u8],
         mode: Mode,
     ) -> std::io::Result<Option<Mode>> {
@@ -362,29 +461,7 @@ impl<'a> Pump<'a> {
             return Ok(Some(Mode::Discard));
         }
         match mode {
-            Mode::Forward => {
-                match self.tracker.advance(bytes, false) {
-                    Ok(adv) => {
-                        self.forward(dst, bytes).await?;
-                        self.dst_at_boundary = self.tracker.at_boundary();
-                        if adv.close_frame_ended {
-                            self.source_closed = true;
-                            self.shared.start_closing();
-                        }
-                    }
-                    Err(e) => {
-                        // Nothing of this chunk is forwarded: the destination
-                        // stays at the boundary where the last chunk left it.
-                        self.broken = true;
-                        tracing::debug!(dir = ?self.dir, error = %e, "invalid framing");
-                        self.shared.decide(match self.dir {
-                            Dir::ToBackend => CloseCause::ClientProtocol(e.close_code()),
-                            Dir::ToClient => CloseCause::BackendProtocol,
-                        });
-                    }
-                }
-                Ok(Some(Mode::Forward))
-            }
+            Mode::Forward => self.forward_chunk(dst, bytes).await,
             Mode::CloseAtBoundary(code, reason) => {
                 let consumed = match self.tracker.advance(bytes, true) {
                     Ok(adv) => adv.consumed,
@@ -430,7 +507,7 @@ impl<'a> Pump<'a> {
 
     async fn close_now_or_later<W: AsyncWrite + Unpin>(
         &mut self,
-        dst: &mut WriteHalf<W>,
+        dst: &mut W,
         code: u16,
         reason: &'static str,
     ) -> Mode {
@@ -452,7 +529,7 @@ impl<'a> Pump<'a> {
         Mode::CloseAtBoundary(code, reason)
     }
 
-    async fn on_source_end<W: AsyncWrite + Unpin>(&mut self, dst: &mut WriteHalf<W>, mode: Mode) {
+    async fn on_source_end<W: AsyncWrite + Unpin>(&mut self, dst: &mut W, mode: Mode) {
         if self.source_closed || mode == Mode::Discard {
             // A normal close, or the end of one we started: pass the
             // half-close on so the other side sees end of stream.
@@ -477,22 +554,17 @@ impl<'a> Pump<'a> {
 
     async fn forward<W: AsyncWrite + Unpin>(
         &self,
-        dst: &mut WriteHalf<W>,
+        dst: &mut W,
         bytes: &[u8],
     ) -> std::io::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        dst.write_all(bytes).await?;
-        // Every layer below may buffer (TLS records, pingora's L4 stream).
-        dst.flush().await?;
-        self.shared.sent[self.dir as usize].fetch_add(bytes.len() as u64, Relaxed);
+        write_flushed(dst, bytes).await?;
+        self.count_sent(bytes.len());
         Ok(())
     }
 
     async fn write_close<W: AsyncWrite + Unpin>(
         &self,
-        dst: &mut WriteHalf<W>,
+        dst: &mut W,
         code: u16,
         reason: &str,
     ) -> std::io::Result<()> {
@@ -503,6 +575,26 @@ impl<'a> Pump<'a> {
         dst.write_all(frame.as_bytes()).await?;
         dst.flush().await
     }
+}
+
+/// Writes all of `bytes`, then flushes (the TLS layer holds a record until
+/// flushed). One poll loop rather than `write_all` then `flush`: two nested
+/// futures would each take a slot in every idle tunnel's state.
+fn write_flushed<'a, W: AsyncWrite + Unpin>(
+    dst: &'a mut W,
+    bytes: &'a [u8],
+) -> impl Future<Output = std::io::Result<()>> + 'a {
+    let mut written = 0;
+    std::future::poll_fn(move |cx| {
+        while written < bytes.len() {
+            match std::task::ready!(Pin::new(&mut *dst).poll_write(cx, &bytes[written..])) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Pin::new(&mut *dst).poll_flush(cx)
+    })
 }
 
 #[cfg(test)]
@@ -521,7 +613,17 @@ mod tests {
             close_timeout: Duration::from_secs(1),
             max_message_bytes: 1,
         };
-        let f = run(a, c, cfg, std::future::pending::<CloseCause>());
+        let side = |io| {
+            let (read, write) = tokio::io::split(io);
+            Side {
+                read,
+                write,
+                early: Bytes::new(),
+            }
+        };
+        let signal = CloseSignal::new();
+        let (mut a, mut c) = (side(a), side(c));
+        let f = run(&mut a, &mut c, &cfg, &signal);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1700, "tunnel future is {size} bytes");
     }

@@ -3,7 +3,7 @@
 
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -121,9 +121,11 @@ async fn close_codes_pass_in_both_directions() {
 }
 
 /// A raw backend that answers the upgrade, sends `to_client`, and returns
-/// every byte it received after the handshake.
+/// every byte it received after the handshake. With `glued`, the 101 and
+/// `to_client` go out in a single write, so they reach wsgate together.
 async fn raw_backend(
     to_client: Vec<u8>,
+    glued: bool,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
     use base64::Engine;
     use sha1::Digest;
@@ -149,10 +151,16 @@ async fn raw_backend(
             format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
         ));
         let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-        s.write_all(resp.as_bytes()).await.unwrap();
-        // Odd-sized writes so frame headers straddle reads in the proxy.
-        for chunk in to_client.chunks(7) {
-            s.write_all(chunk).await.unwrap();
+        if glued {
+            let mut all = resp.into_bytes();
+            all.extend_from_slice(&to_client);
+            s.write_all(&all).await.unwrap();
+        } else {
+            s.write_all(resp.as_bytes()).await.unwrap();
+            // Odd-sized writes so frame headers straddle reads in the proxy.
+            for chunk in to_client.chunks(7) {
+                s.write_all(chunk).await.unwrap();
+            }
         }
         let mut got = Vec::new();
         let _ = tokio::time::timeout(STEP, s.read_to_end(&mut got)).await;
@@ -192,7 +200,7 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
     to_client.extend(frame(0x9, true, b"ping!", None));
     to_client.extend(frame(0x0, true, &random_bytes(70_000), None));
     to_client.extend(frame(0x2, true, &[], None));
-    let (addr, backend) = raw_backend(to_client.clone()).await;
+    let (addr, backend) = raw_backend(to_client.clone(), false).await;
     let gate = Gate::start(&tls_config(&[("raw", addr, 1)], ""), 1).unwrap();
 
     let mut s = tls_stream(&gate).await.unwrap();
@@ -237,4 +245,73 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
         received.len(),
         to_backend.len()
     );
+}
+
+/// A frame sent in the same packet as the upgrade request (client) or the
+/// 101 (backend) is read by the HTTP layer along with the head; wsgate must
+/// forward it first, byte for byte, on plain and TLS listeners alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_glued_to_the_handshake_are_forwarded() {
+    for tls in [false, true] {
+        let to_client = frame(0x1, true, b"right behind the 101", None);
+        let (addr, backend) = raw_backend(to_client.clone(), true).await;
+        let mut yaml = tls_config(&[("raw", addr, 1)], "");
+        if !tls {
+            let plain = "listeners:\n  - { name: plain, address: \"127.0.0.1:0\" }\n";
+            let start = yaml.find("routes:").unwrap();
+            yaml.replace_range(..start, plain);
+        }
+        let gate = Gate::start(&yaml, 1).unwrap();
+        let to_backend = frame(0x2, true, &random_bytes(40), Some([7, 7, 7, 7]));
+        let mut request = b"GET /echo?user=x HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        request.extend_from_slice(&to_backend);
+        let close = frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
+        let got = if tls {
+            let mut s = tls_stream(&gate).await.unwrap();
+            exchange_glued(&mut s, &request, to_client.len(), &close).await
+        } else {
+            let connect = TcpStream::connect(gate.addr());
+            let mut s = tokio::time::timeout(STEP, connect).await.unwrap().unwrap();
+            exchange_glued(&mut s, &request, to_client.len(), &close).await
+        };
+        assert!(
+            got == to_client,
+            "tls={tls}: the backend's early frame changed"
+        );
+        let received = tokio::time::timeout(STEP, backend).await.unwrap().unwrap();
+        let mut expected = to_backend.clone();
+        expected.extend_from_slice(&close);
+        assert!(
+            received == expected,
+            "tls={tls}: the client's early frame changed"
+        );
+    }
+}
+
+/// Sends `request` (a head with a frame glued on) in one write, checks the
+/// 101, reads `n` bytes, then closes. Returns the bytes read.
+async fn exchange_glued<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    request: &[u8],
+    n: usize,
+    close: &[u8],
+) -> Vec<u8> {
+    tokio::time::timeout(STEP, s.write_all(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = read_head(s).await.unwrap();
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(STEP, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(close).await.unwrap();
+    s.shutdown().await.unwrap();
+    got
 }

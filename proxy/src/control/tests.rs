@@ -1,7 +1,5 @@
 use std::path::Path;
 
-use tokio::sync::watch;
-
 use super::*;
 use crate::ring::key_hash;
 
@@ -33,7 +31,7 @@ fn connect_users(
     BackendKey,
     u64,
     crate::registry::ConnGuard,
-    watch::Receiver<Option<CloseCause>>,
+    std::sync::Arc<crate::closesignal::CloseSignal>,
 )> {
     let snap = c.snapshot.load();
     (0..n)
@@ -52,12 +50,12 @@ fn closed(
         BackendKey,
         u64,
         crate::registry::ConnGuard,
-        watch::Receiver<Option<CloseCause>>,
+        std::sync::Arc<crate::closesignal::CloseSignal>,
     )],
 ) -> Vec<&BackendKey> {
     users
         .iter()
-        .filter(|u| u.3.borrow().is_some())
+        .filter(|u| u.3.cause().is_some())
         .map(|u| &u.0)
         .collect()
 }
@@ -92,7 +90,7 @@ async fn drain_closes_only_that_backend_and_undrain_cancels() {
     assert_eq!(closed(&users).len(), half, "undrain stops further closes");
     assert!(users
         .iter()
-        .filter_map(|u| *u.3.borrow())
+        .filter_map(|u| u.3.cause())
         .all(|cause| cause == CloseCause::Drain(4000)));
     assert_eq!(c.snapshot.load().state(0, "b2"), Some(BackendState::Active));
 }
@@ -145,9 +143,9 @@ async fn reload_drains_removed_backends_keeps_operator_drains_and_survives_bad_f
     let b3 = BackendKey::new("chat", "b3");
     for (key, _, _, rx) in &users {
         if *key == b3 {
-            assert_eq!(*rx.borrow(), Some(CloseCause::Drain(1012)));
+            assert_eq!(rx.cause(), Some(CloseCause::Drain(1012)));
         } else if key.id == "b2" {
-            assert_eq!(*rx.borrow(), None, "b2 untouched");
+            assert_eq!(rx.cause(), None, "b2 untouched");
         }
     }
     let status = c.status();
@@ -170,7 +168,7 @@ async fn adding_a_backend_migrates_exactly_its_keys_or_none() {
         tokio::time::sleep(Duration::from_secs(11)).await;
         let ring = crate::ring::Ring::new([("b1", 1), ("b2", 1), ("b3", 1), ("b4", 1)]);
         let expected: Vec<bool> = users.iter().map(|u| ring.pick(u.1) == Some(3)).collect();
-        let moved: Vec<bool> = users.iter().map(|u| u.3.borrow().is_some()).collect();
+        let moved: Vec<bool> = users.iter().map(|u| u.3.cause().is_some()).collect();
         if policy == "migrate" {
             assert!(expected.iter().any(|&e| e));
             assert_eq!(moved, expected, "exactly the keys that now map to b4 move");

@@ -1,0 +1,138 @@
+//! The one-word mailbox through which a tunnel learns why it must close.
+//!
+//! Every live tunnel has one [`CloseSignal`], shared by the tunnel (whose
+//! pumps decide causes themselves: a peer vanished, bad framing, idle) and
+//! the registry (through which the control plane asks: drain, rebalance,
+//! shutdown). The first cause set wins and later ones are ignored, so a
+//! connection already closing keeps the code it was given.
+//!
+//! It is an atomic word and a waker slot, about 40 bytes: an idle tunnel
+//! costs what it holds, and a `tokio::sync::watch` channel here (as before)
+//! cost several hundred bytes per connection.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+
+use crate::tunnel::CloseCause;
+
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    /// [`encode`]d cause; 0 while none is set.
+    cause: AtomicU32,
+    waiter: AtomicWaker,
+}
+
+impl CloseSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the cause unless one is already set, and wakes the tunnel.
+    /// Returns whether this call set it.
+    pub fn request(&self, cause: CloseCause) -> bool {
+        let set = self.set(cause);
+        if set {
+            self.waiter.wake();
+        }
+        set
+    }
+
+    /// Sets the cause unless one is already set, without waking anyone: for
+    /// the tunnel's own task, which rechecks after every poll.
+    pub fn set(&self, cause: CloseCause) -> bool {
+        self.cause
+            .compare_exchange(0, encode(cause), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn cause(&self) -> Option<CloseCause> {
+        decode(self.cause.load(Ordering::Acquire))
+    }
+
+    /// Ready with the cause once one is set; wakes the polling task when
+    /// [`request`](Self::request) sets it later.
+    pub fn poll_cause(&self, cx: &mut Context<'_>) -> Poll<CloseCause> {
+        self.waiter.register(cx.waker());
+        match self.cause() {
+            Some(cause) => Poll::Ready(cause),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// Kind in the high half, close code (where the kind has one) in the low.
+fn encode(cause: CloseCause) -> u32 {
+    let (kind, code) = match cause {
+        CloseCause::BackendGone => (1, 0),
+        CloseCause::ClientGone => (2, 0),
+        CloseCause::Idle => (3, 0),
+        CloseCause::Shutdown => (4, 0),
+        CloseCause::Drain(code) => (5, code),
+        CloseCause::ClientProtocol(code) => (6, code),
+        CloseCause::BackendProtocol => (7, 0),
+    };
+    (kind << 16) | u32::from(code)
+}
+
+fn decode(word: u32) -> Option<CloseCause> {
+    let code = (word & 0xffff) as u16;
+    Some(match word >> 16 {
+        1 => CloseCause::BackendGone,
+        2 => CloseCause::ClientGone,
+        3 => CloseCause::Idle,
+        4 => CloseCause::Shutdown,
+        5 => CloseCause::Drain(code),
+        6 => CloseCause::ClientProtocol(code),
+        7 => CloseCause::BackendProtocol,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_cause_round_trips() {
+        for cause in [
+            CloseCause::BackendGone,
+            CloseCause::ClientGone,
+            CloseCause::Idle,
+            CloseCause::Shutdown,
+            CloseCause::Drain(1012),
+            CloseCause::Drain(4000),
+            CloseCause::ClientProtocol(1002),
+            CloseCause::ClientProtocol(1009),
+            CloseCause::BackendProtocol,
+        ] {
+            assert_eq!(decode(encode(cause)), Some(cause));
+        }
+        assert_eq!(decode(0), None);
+    }
+
+    #[test]
+    fn first_cause_wins() {
+        let s = CloseSignal::new();
+        assert_eq!(s.cause(), None);
+        assert!(s.request(CloseCause::Drain(1012)));
+        assert!(!s.set(CloseCause::Idle));
+        assert!(!s.request(CloseCause::Shutdown));
+        assert_eq!(s.cause(), Some(CloseCause::Drain(1012)));
+    }
+
+    #[tokio::test]
+    async fn request_wakes_a_waiting_task() {
+        let s = Arc::new(CloseSignal::new());
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { std::future::poll_fn(|cx| s.poll_cause(cx)).await }
+        });
+        tokio::task::yield_now().await;
+        s.request(CloseCause::Shutdown);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+        assert_eq!(got.ok().and_then(Result::ok), Some(CloseCause::Shutdown));
+    }
+}

@@ -1,0 +1,158 @@
+//! After the 101: take both connections back out of hyper, register the
+//! tunnel so the control plane can close it, and run it on its own task.
+//!
+//! Both connections were opened by wsgate (the client's by `server`, the
+//! backend's by `upstream`), so their concrete types are known. Taking
+//! them back out of hyper's `Upgraded` removes a boxed trait object from
+//! every read and write, and a bare TCP socket splits into halves without
+//! the lock `tokio::io::split` takes. The tunnel gets a task of its own,
+//! spawned once the types are known, so that task holds exactly one
+//! tunnel's state and nothing of the handshake.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
+
+use crate::closesignal::CloseSignal;
+use crate::control::Control;
+use crate::registry::{BackendKey, ConnGuard};
+use crate::tunnel::{self, Side, TunnelConfig, TunnelReport};
+
+/// What a tunnel needs besides its two connections.
+pub struct Context {
+    pub control: Arc<Control>,
+    pub backend: BackendKey,
+    pub key_hash: u64,
+    pub cfg: TunnelConfig,
+}
+
+/// Waits for both upgrades to complete, then spawns the tunnel.
+pub async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: Context) {
+    let (client, backend) = match tokio::join!(client, backend) {
+        (Ok(c), Ok(b)) => (c, b),
+        (c, b) => {
+            tracing::warn!(
+                client_ok = c.is_ok(),
+                backend_ok = b.is_ok(),
+                "upgrade did not complete"
+            );
+            return;
+        }
+    };
+    let (guard, signal) = ctx.control.registry.register(&ctx.backend, ctx.key_hash);
+    // The backend may have stopped taking connections between routing and
+    // now; such a late arrival is closed at once rather than stranded.
+    if let Some(cause) = ctx.control.close_on_arrival(&ctx.backend, ctx.key_hash) {
+        signal.request(cause);
+    }
+    let end = End {
+        control: ctx.control,
+        _guard: guard,
+        signal,
+    };
+    if let Err(e) = spawn_tunnel(client, backend, ctx.cfg, end) {
+        tracing::error!(error = e, "cannot splice the upgraded connections");
+    }
+}
+
+/// Keeps the tunnel registered while it runs, and records how it ended.
+struct End {
+    control: Arc<Control>,
+    _guard: ConnGuard,
+    signal: Arc<CloseSignal>,
+}
+
+impl End {
+    fn finish(self, report: TunnelReport) {
+        if let Some(cause) = report.cause {
+            self.control.registry.closes.record(cause);
+        }
+        tracing::debug!(?report, "tunnel closed");
+    }
+}
+
+fn spawn_tunnel(
+    client: Upgraded,
+    backend: Upgraded,
+    cfg: TunnelConfig,
+    end: End,
+) -> Result<(), &'static str> {
+    let backend = backend
+        .downcast::<TokioIo<TcpStream>>()
+        .map_err(|_| "the backend connection is not a TCP stream")?;
+    let backend_early = early(backend.read_buf);
+    let mut backend_tcp = backend.io.into_inner();
+    let span = tracing::Span::current();
+    let client = match client.downcast::<TokioIo<TcpStream>>() {
+        Ok(plain) => {
+            let client_early = early(plain.read_buf);
+            let mut client_tcp = plain.io.into_inner();
+            tokio::spawn(
+                async move {
+                    let (read, write) = client_tcp.split();
+                    let mut client = Side {
+                        read,
+                        write,
+                        early: client_early,
+                    };
+                    let (read, write) = backend_tcp.split();
+                    let mut backend = Side {
+                        read,
+                        write,
+                        early: backend_early,
+                    };
+                    let report = tunnel::run(&mut client, &mut backend, &cfg, &end.signal).await;
+                    end.finish(report);
+                }
+                .instrument(span),
+            );
+            return Ok(());
+        }
+        Err(other) => other,
+    };
+    let tls = client
+        .downcast::<TokioIo<TlsStream<TcpStream>>>()
+        .map_err(|_| "the client connection is neither TCP nor TLS over TCP")?;
+    let client_early = early(tls.read_buf);
+    // A TLS session reads and writes through one state; this split takes an
+    // uncontended lock per operation (both halves run in one task). Split
+    // here, not in the task: a session moved inside the task would leave
+    // its 1 KiB behind in the task's state.
+    let (read, write) = tokio::io::split(tls.io.into_inner());
+    tokio::spawn(
+        async move {
+            let mut client = Side {
+                read,
+                write,
+                early: client_early,
+            };
+            let (read, write) = backend_tcp.split();
+            let mut backend = Side {
+                read,
+                write,
+                early: backend_early,
+            };
+            let report = tunnel::run(&mut client, &mut backend, &cfg, &end.signal).await;
+            end.finish(report);
+        }
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// Bytes hyper read past the handshake. Even an empty slice of its read
+/// buffer would keep the whole buffer (8 KiB) alive for the tunnel's life,
+/// so an empty one is replaced; a non-empty one is forwarded and dropped
+/// as the tunnel starts.
+fn early(read_buf: Bytes) -> Bytes {
+    if read_buf.is_empty() {
+        Bytes::new()
+    } else {
+        read_buf
+    }
+}
