@@ -30,5 +30,6 @@ pub mod socket;
 pub mod splice;
 pub mod sticky;
 pub mod tls;
+pub mod tlsconn;
 pub mod tunnel;
 pub mod upstream;

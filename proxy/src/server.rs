@@ -1,15 +1,15 @@
 //! The process: pingora's `Server` runs one listening service per
 //! configured listener, each with our own [`ServerApp`] that terminates TLS
-//! (tokio-rustls) and serves HTTP/1.1 with upgrades (hyper).
+//! (`tlsconn`, rustls' unbuffered API) and serves HTTP/1.1 with upgrades (hyper).
 //!
 //! We use pingora for the process lifecycle (listening sockets, graceful
 //! shutdown on SIGTERM, listening-socket handoff on upgrade), not its
 //! `ProxyHttp`, whose upgraded-session loop cannot inject a frame or be
 //! cancelled from outside. Things pingora does not do for us, done here:
 //! report a port already in use (pingora retries `bind` silently), resolve
-//! port 0 so tests can ask for any free port, turn its 64 KiB per-connection
-//! read buffer off, and derive its shutdown grace period from our close
-//! timeout.
+//! port 0 so tests can ask for any free port, take each accepted socket out
+//! of its stream wrapper (`socket`), and derive its shutdown grace period
+//! from our close timeout.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -28,7 +28,6 @@ use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::listening::Service;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -59,7 +58,7 @@ pub enum ServerError {
 /// Serves one listener's connections.
 struct ListenerApp {
     gateway: Arc<Gateway>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
     max_header_bytes: usize,
 }
@@ -95,8 +94,9 @@ impl ServerApp for ListenerApp {
         async move {
             match &self.tls {
                 None => self.serve(tcp, client, shutdown).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+                Some(config) => {
+                    let accept = crate::tlsconn::accept(tcp, config.clone());
+                    match tokio::time::timeout(self.handshake_timeout, accept).await {
                         Ok(Ok(tls)) => self.serve(tls, client, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -144,7 +144,7 @@ impl ListenerApp {
 pub struct BoundListener {
     pub name: String,
     pub address: SocketAddr,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Checks each listener's address is free (resolving port 0 to a concrete
@@ -157,7 +157,7 @@ pub fn prepare_listeners(
     let mut out = Vec::new();
     for l in &config.listeners {
         let tls = match &l.tls {
-            Some(t) => Some(tls::acceptor(t).map_err(|source| ServerError::Tls {
+            Some(t) => Some(tls::server_config(t).map_err(|source| ServerError::Tls {
                 name: l.name.clone(),
                 source,
             })?),

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
 use crate::closesignal::CloseSignal;
 use crate::control::Control;
 use crate::registry::{BackendKey, ConnGuard};
+use crate::tlsconn::TlsConn;
 use crate::tunnel::{self, Side, TunnelConfig, TunnelReport};
 
 /// What a tunnel needs besides its two connections.
@@ -116,13 +116,13 @@ fn spawn_tunnel(
         Err(other) => other,
     };
     let tls = client
-        .downcast::<TokioIo<TlsStream<TcpStream>>>()
+        .downcast::<TokioIo<TlsConn>>()
         .map_err(|_| "the client connection is neither TCP nor TLS over TCP")?;
     let client_early = early(tls.read_buf);
     // A TLS session reads and writes through one state; this split takes an
     // uncontended lock per operation (both halves run in one task). Split
     // here, not in the task: a session moved inside the task would leave
-    // its 1 KiB behind in the task's state.
+    // its state behind in the task's own.
     let (read, write) = tokio::io::split(tls.io.into_inner());
     tokio::spawn(
         async move {

@@ -15,7 +15,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config;
 use crate::route::HostMatch;
@@ -48,7 +47,7 @@ pub enum TlsError {
 }
 
 /// Builds the acceptor for one TLS listener.
-pub fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, TlsError> {
+pub fn server_config(tls: &config::Tls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut resolver = SniResolver::default();
     for c in &tls.certificates {
@@ -72,7 +71,7 @@ pub fn acceptor(tls: &config::Tls) -> Result<TlsAcceptor, TlsError> {
     // which reconnects one connection at a time.
     server.ticketer = rustls::crypto::ring::Ticketer::new()?;
     server.send_tls13_tickets = 1;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(Arc::new(server))
 }
 
 fn load_certified_key(
@@ -247,7 +246,7 @@ mod tests {
         let d = temp_dir("resume");
         let (cert, key) = (d.join("r.crt"), d.join("r.key"));
         generate_dev_cert(&cert, &key).unwrap();
-        let acceptor = acceptor(&config::Tls {
+        let server = server_config(&config::Tls {
             certificates: vec![config::Certificate {
                 cert: cert.clone(),
                 key,
@@ -260,9 +259,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+                let server = server.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut s) = acceptor.accept(tcp).await {
+                    if let Ok(mut s) = crate::tlsconn::accept(tcp, server).await {
                         let _ = s.write_all(b"hi").await;
                         let mut sink = Vec::new();
                         let _ = s.read_to_end(&mut sink).await;
