@@ -11,8 +11,10 @@
 //! of its stream wrapper (`socket`), and derive its shutdown grace period
 //! from our close timeout.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +118,14 @@ impl ListenerApp {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let gateway = self.gateway.clone();
-        let service = service_fn(move |req| gateway.clone().handle(client.clone(), req));
+        let started = Arc::new(AtomicBool::new(false));
+        let service = service_fn({
+            let started = started.clone();
+            move |req| {
+                started.store(true, Relaxed);
+                gateway.clone().handle(client.clone(), req)
+            }
+        });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.handshake_timeout)
@@ -131,6 +140,24 @@ impl ListenerApp {
                 }
             }
             _ = shutdown.changed() => {
+                // A connection accepted just before the shutdown (during an
+                // upgrade handoff, say) has not sent its request yet, and
+                // hyper would close it as idle: the client would see its
+                // connection dropped for nothing it did. Serve that first
+                // request (bounded by the handshake timeout), then close.
+                if !started.load(Relaxed) {
+                    let first = std::future::poll_fn(|cx| {
+                        let polled = conn.as_mut().poll(cx);
+                        if polled.is_ready() || started.load(Relaxed) {
+                            std::task::Poll::Ready(polled.is_ready())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    });
+                    if let Ok(true) = tokio::time::timeout(self.handshake_timeout, first).await {
+                        return;
+                    }
+                }
                 // Finish the request in flight, then close; upgraded
                 // tunnels have already been handed off and close themselves.
                 conn.as_mut().graceful_shutdown();

@@ -520,11 +520,8 @@ async fn zero_downtime_restart_refuses_no_connection() {
     let looper = tokio::spawn(async move {
         let (mut ok, mut failed) = (0, Vec::new());
         while !s.load(std::sync::atomic::Ordering::Relaxed) {
-            match wss_at(addr, &cert, "/echo?user=looper").await {
-                Ok(mut ws) => {
-                    ok += 1;
-                    let _ = tokio::time::timeout(STEP, ws.close(None)).await;
-                }
+            match raw_probe(addr, &cert).await {
+                Ok(()) => ok += 1,
                 Err(e) => failed.push(format!("{e:#}")),
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -615,4 +612,20 @@ async fn sighup_and_saving_the_file_both_reload() {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn raw_probe(addr: std::net::SocketAddr, cert: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(client_tls(cert)?);
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut s = connector.connect(name, tcp).await?;
+    let req = "GET /echo?user=looper HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    s.write_all(req.as_bytes()).await?;
+    let head = read_head(&mut s).await?;
+    let text = String::from_utf8_lossy(&head).to_lowercase();
+    if !text.starts_with("http/1.1 101") || !text.contains("upgrade") {
+        anyhow::bail!("bad head: {text:?}");
+    }
+    Ok(())
 }

@@ -159,6 +159,6 @@ pub struct FileRuntime {
     pub shutdown_window: Option<String>,
     /// Unix socket for handing listening sockets to a new process (`run --upgrade`).
     pub upgrade_sock: Option<String>,
-    /// Let idle worker threads take tasks from busy ones (default true).
+    /// Let idle worker threads take tasks from busy ones (default false).
     pub work_stealing: Option<bool>,
 }
