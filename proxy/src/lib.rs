@@ -3,9 +3,13 @@
 //!
 //! Pure modules (no I/O, unit-tested and benchmarked): [`ring`] (which
 //! backend a key belongs to), [`frame`] (where frames start), [`handshake`],
-//! [`sticky`], [`route`] and [`config`] validation. I/O modules: [`tls`],
-//! [`upstream`], [`tunnel`], [`gateway`] and [`server`]. `ARCHITECTURE.md`
-//! draws how they connect.
+//! [`sticky`], [`route`] and [`config`] validation. I/O modules: [`server`]
+//! and [`socket`] (accepting), [`tls`] and [`tlsconn`], [`gateway`],
+//! [`upstream`], [`splice`] and [`tunnel`]. `ARCHITECTURE.md` draws how they
+//! connect.
+//!
+//! `unsafe` is denied everywhere but one audited block in [`socket`], which
+//! duplicates an accepted socket's descriptor.
 
 #![deny(unsafe_code)]
 

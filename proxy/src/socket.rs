@@ -45,13 +45,9 @@ pub fn take_over(stream: &Stream) -> Result<TcpStream, SocketError> {
     #[allow(unsafe_code)]
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let owned = borrowed.try_clone_to_owned().map_err(SocketError::Dup)?;
+    // A duplicate shares the open file description (so O_NONBLOCK, which
+    // tokio needs) and the socket (so TCP_NODELAY, which pingora set at
+    // accept): nothing to set again, no system call spent.
     let std_stream = std::net::TcpStream::from(owned);
-    // The duplicate shares the open file description, so it is already
-    // non-blocking; set it anyway rather than rely on that.
-    std_stream
-        .set_nonblocking(true)
-        .map_err(SocketError::Register)?;
-    // WebSocket traffic is many small writes; Nagle would add latency.
-    let _ = std_stream.set_nodelay(true);
     TcpStream::from_std(std_stream).map_err(SocketError::Register)
 }

@@ -78,9 +78,12 @@ pub struct TlsConn {
 }
 
 /// What the caller of [`TlsConn::process`] wants from this step.
-#[derive(Clone, Copy)]
-enum Want<'a> {
-    Read,
+enum Want<'a, 'b> {
+    /// Application data, copied straight into the caller's buffer where it
+    /// fits (the rest waits in `plain`).
+    Read(&'a mut ReadBuf<'b>),
+    /// Only to finish the handshake: data would wait in `plain`.
+    Handshake,
     Write(&'a [u8]),
     CloseNotify,
 }
@@ -129,14 +132,17 @@ impl TlsConn {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            std::task::ready!(self.poll_write_out(cx))?;
             if !self.conn.is_handshaking() {
-                return Poll::Ready(Ok(()));
+                return self.poll_write_out(cx);
             }
-            match self.process(Want::Read)? {
+            match self.process(Want::Handshake)? {
                 Step::Progress | Step::Encrypted(_) => {}
                 Step::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Step::NeedData => {
+                    // Send the whole flight queued so far in one write, not
+                    // one write per handshake message, then wait for the
+                    // peer's answer.
+                    std::task::ready!(self.poll_write_out(cx))?;
                     if std::task::ready!(self.poll_fill(cx))? == 0 {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
@@ -146,7 +152,7 @@ impl TlsConn {
     }
 
     /// Advances rustls by one state with the bytes received so far.
-    fn process(&mut self, want: Want<'_>) -> io::Result<Step> {
+    fn process(&mut self, mut want: Want<'_, '_>) -> io::Result<Step> {
         let Self {
             conn,
             inbuf,
@@ -163,7 +169,15 @@ impl TlsConn {
                 while let Some(record) = traffic.next_record() {
                     let record = record.map_err(tls_error)?;
                     discard += record.discard;
-                    plain.extend_from_slice(record.payload);
+                    let mut payload = record.payload;
+                    if let Want::Read(dst) = &mut want {
+                        if plain.is_empty() {
+                            let n = dst.remaining().min(payload.len());
+                            dst.put_slice(&payload[..n]);
+                            payload = &payload[n..];
+                        }
+                    }
+                    plain.extend_from_slice(payload);
                 }
                 Step::Progress
             }
@@ -193,7 +207,7 @@ impl TlsConn {
                 Step::Progress
             }
             ConnectionState::WriteTraffic(mut traffic) => match want {
-                Want::Read => Step::NeedData,
+                Want::Read(_) | Want::Handshake => Step::NeedData,
                 Want::Write(data) => {
                     let chunk = &data[..data.len().min(16 * 1024)];
                     encrypt_into(out, out_len, |buf| traffic.encrypt(chunk, buf))?;
@@ -320,8 +334,13 @@ impl AsyncRead for TlsConn {
             if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
                 return Poll::Ready(Err(e));
             }
-            match this.process(Want::Read)? {
-                Step::Progress | Step::Encrypted(_) => {}
+            let before = buf.filled().len();
+            match this.process(Want::Read(buf))? {
+                Step::Progress | Step::Encrypted(_) => {
+                    if buf.filled().len() > before {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
                 Step::Closed => this.read_closed = true,
                 Step::NeedData => match std::task::ready!(this.poll_fill(cx))? {
                     0 if this.in_used > 0 => {
