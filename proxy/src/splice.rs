@@ -68,7 +68,7 @@ struct End {
 }
 
 impl End {
-    fn finish(self, report: TunnelReport) {
+    fn finish(&self, report: TunnelReport) {
         if let Some(cause) = report.cause {
             self.control.registry.closes.record(cause);
         }
@@ -85,7 +85,7 @@ fn spawn_tunnel(
     let backend = backend
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| "the backend connection is not a TCP stream")?;
-    let backend_early = early(backend.read_buf);
+    let mut backend_early = early(backend.read_buf);
     let mut backend_tcp = backend.io.into_inner();
     let span = tracing::Span::current();
     let client = match client.downcast::<TokioIo<TcpStream>>() {
@@ -100,14 +100,14 @@ fn spawn_tunnel(
                         write,
                         early: client_early,
                     };
-                    let (read, write) = backend_tcp.split();
-                    let mut backend = Side {
-                        read,
-                        write,
-                        early: backend_early,
-                    };
-                    let report = tunnel::run(&mut client, &mut backend, &cfg, &end.signal).await;
-                    end.finish(report);
+                    run_to_end(
+                        &mut client,
+                        &mut backend_tcp,
+                        &mut backend_early,
+                        &cfg,
+                        &end,
+                    )
+                    .await;
                 }
                 .instrument(span),
             );
@@ -131,18 +131,41 @@ fn spawn_tunnel(
                 write,
                 early: client_early,
             };
-            let (read, write) = backend_tcp.split();
-            let mut backend = Side {
-                read,
-                write,
-                early: backend_early,
-            };
-            let report = tunnel::run(&mut client, &mut backend, &cfg, &end.signal).await;
-            end.finish(report);
+            run_to_end(
+                &mut client,
+                &mut backend_tcp,
+                &mut backend_early,
+                &cfg,
+                &end,
+            )
+            .await;
         }
         .instrument(span),
     );
     Ok(())
+}
+
+/// Runs the tunnel between `client` and the backend's socket, then records
+/// how it ended. Arguments are references into the spawned task's state:
+/// see `tunnel::run` on why nothing is passed by value.
+async fn run_to_end<CR, CW>(
+    client: &mut Side<CR, CW>,
+    backend_tcp: &mut TcpStream,
+    backend_early: &mut Bytes,
+    cfg: &TunnelConfig,
+    end: &End,
+) where
+    CR: tokio::io::AsyncRead + Unpin,
+    CW: tokio::io::AsyncWrite + Unpin,
+{
+    let (read, write) = backend_tcp.split();
+    let mut backend = Side {
+        read,
+        write,
+        early: std::mem::take(backend_early),
+    };
+    let report = tunnel::run(client, &mut backend, cfg, &end.signal).await;
+    end.finish(report);
 }
 
 /// Bytes hyper read past the handshake. Even an empty slice of its read

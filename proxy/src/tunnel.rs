@@ -603,7 +603,9 @@ mod tests {
 
     /// An idle tunnel's memory is mostly this state machine (DESIGN
     /// invariant 8). It was 3,168 bytes before the pumps were built in place
-    /// and the close paths boxed; this fails if it grows back.
+    /// and the close paths boxed, and about 1,600 before the arguments went
+    /// by reference and the write became one poll loop (1,040 in release
+    /// builds now); this fails if it grows back.
     #[test]
     fn idle_tunnel_state_stays_small() {
         let (a, _b) = tokio::io::duplex(64);
@@ -625,6 +627,6 @@ mod tests {
         let (mut a, mut c) = (side(a), side(c));
         let f = run(&mut a, &mut c, &cfg, &signal);
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 1700, "tunnel future is {size} bytes");
+        assert!(size <= 1100, "tunnel future is {size} bytes");
     }
 }
