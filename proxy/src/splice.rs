@@ -85,8 +85,12 @@ fn spawn_tunnel(
     let backend = backend
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| "the backend connection is not a TCP stream")?;
-    let mut backend_early = early(backend.read_buf);
-    let mut backend_tcp = backend.io.into_inner();
+    let mut rest = Rest {
+        backend_early: early(backend.read_buf),
+        backend_tcp: backend.io.into_inner(),
+        cfg,
+        end,
+    };
     let span = tracing::Span::current();
     let client = match client.downcast::<TokioIo<TcpStream>>() {
         Ok(plain) => {
@@ -95,19 +99,8 @@ fn spawn_tunnel(
             tokio::spawn(
                 async move {
                     let (read, write) = client_tcp.split();
-                    let mut client = Side {
-                        read,
-                        write,
-                        early: client_early,
-                    };
-                    run_to_end(
-                        &mut client,
-                        &mut backend_tcp,
-                        &mut backend_early,
-                        &cfg,
-                        &end,
-                    )
-                    .await;
+                    let mut client = Side::new(read, write, client_early);
+                    run_to_end(&mut client, &mut rest).await;
                 }
                 .instrument(span),
             );
@@ -126,46 +119,34 @@ fn spawn_tunnel(
     let (read, write) = tokio::io::split(tls.io.into_inner());
     tokio::spawn(
         async move {
-            let mut client = Side {
-                read,
-                write,
-                early: client_early,
-            };
-            run_to_end(
-                &mut client,
-                &mut backend_tcp,
-                &mut backend_early,
-                &cfg,
-                &end,
-            )
-            .await;
+            let mut client = Side::new(read, write, client_early);
+            run_to_end(&mut client, &mut rest).await;
         }
         .instrument(span),
     );
     Ok(())
 }
 
+/// Everything a tunnel task owns besides its client connection.
+struct Rest {
+    backend_tcp: TcpStream,
+    backend_early: Bytes,
+    cfg: TunnelConfig,
+    end: End,
+}
+
 /// Runs the tunnel between `client` and the backend's socket, then records
 /// how it ended. Arguments are references into the spawned task's state:
 /// see `tunnel::run` on why nothing is passed by value.
-async fn run_to_end<CR, CW>(
-    client: &mut Side<CR, CW>,
-    backend_tcp: &mut TcpStream,
-    backend_early: &mut Bytes,
-    cfg: &TunnelConfig,
-    end: &End,
-) where
+async fn run_to_end<CR, CW>(client: &mut Side<CR, CW>, rest: &mut Rest)
+where
     CR: tokio::io::AsyncRead + Unpin,
     CW: tokio::io::AsyncWrite + Unpin,
 {
-    let (read, write) = backend_tcp.split();
-    let mut backend = Side {
-        read,
-        write,
-        early: std::mem::take(backend_early),
-    };
-    let report = tunnel::run(client, &mut backend, cfg, &end.signal).await;
-    end.finish(report);
+    let (read, write) = rest.backend_tcp.split();
+    let mut backend = Side::new(read, write, std::mem::take(&mut rest.backend_early));
+    let report = tunnel::run(client, &mut backend, &rest.cfg, &rest.end.signal).await;
+    rest.end.finish(report);
 }
 
 /// Bytes hyper read past the handshake. Even an empty slice of its read

@@ -189,6 +189,12 @@ pub struct Side<R, W> {
     pub early: Bytes,
 }
 
+impl<R, W> Side<R, W> {
+    pub fn new(read: R, write: W, early: Bytes) -> Self {
+        Side { read, write, early }
+    }
+}
+
 /// Runs the tunnel to completion. `signal` carries causes set from outside
 /// (shutdown, a drain) and the tunnel's own; the report says which won.
 ///
