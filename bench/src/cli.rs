@@ -107,18 +107,8 @@ pub struct RateArgs {
     /// Total messages per second over all connections.
     #[arg(long, short = 'r', default_value_t = 1000.0)]
     pub rate: f64,
-    /// Message size in bytes (binary frames; at least 24).
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    /// How long to send, warm-up included.
-    #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
-    pub duration: Duration,
-    /// Leading part of --duration that is sent but not measured.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
-    pub warmup: Duration,
-    /// Connections opened at once while setting up.
-    #[arg(long, default_value_t = 64)]
-    pub connect_concurrency: usize,
+    #[command(flatten)]
+    pub load: EchoLoadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -131,13 +121,20 @@ pub struct SaturateArgs {
     /// Messages in flight per connection.
     #[arg(long, short = 'w', default_value_t = 1)]
     pub window: usize,
+    #[command(flatten)]
+    pub load: EchoLoadArgs,
+}
+
+/// What `rate` and `saturate` share: the messages and the run's length.
+#[derive(Debug, Args)]
+pub struct EchoLoadArgs {
     /// Message size in bytes (binary frames; at least 24).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// How long to run, warm-up included.
     #[arg(long, short = 'd', value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
-    /// Leading part of --duration that is not measured.
+    /// Leading part of --duration that is sent but not measured.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
     /// Connections opened at once while setting up.

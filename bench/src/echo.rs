@@ -10,7 +10,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::summary::{histogram, Percentiles};
+use crate::chart::{Panel, Series};
+use crate::procstat::{cpu_seconds, Sample};
+use crate::summary::{histogram, ratio, round, Percentiles};
 
 /// Bytes of the stamp at the start of each message.
 pub const STAMP_LEN: usize = 24;
@@ -164,6 +166,37 @@ impl EchoStats {
     pub fn rtt_percentiles(&self) -> Percentiles {
         Percentiles::of(&self.rtt)
     }
+
+    /// The proxy's CPU per echoed message after the warm-up, in µs, when
+    /// `--pid` gave both samples.
+    pub fn cpu_us_per_msg(&self, start: Option<Sample>, end: Option<Sample>) -> Option<f64> {
+        let (a, b) = (start?, end?);
+        Some(round(
+            ratio(cpu_seconds(a, b) * 1e6, self.measured_received as f64),
+            3,
+        ))
+    }
+}
+
+/// One value of every second, as chart points.
+pub fn per_second_points(
+    seconds: &[SecondSummary],
+    f: fn(&SecondSummary) -> u64,
+) -> Vec<(f64, f64)> {
+    seconds.iter().map(|s| (s.t as f64, f(s) as f64)).collect()
+}
+
+/// The p50 and p99 round trip of every second.
+pub fn round_trip_per_second_panel(title: &str, seconds: &[SecondSummary]) -> Panel {
+    Panel::new(
+        title,
+        "second",
+        "µs",
+        vec![
+            Series::line("p50", per_second_points(seconds, |s| s.p50_us)),
+            Series::line("p99", per_second_points(seconds, |s| s.p99_us)),
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,10 +33,22 @@ use crate::upstream::{self, UpstreamTimeouts};
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// What the gateway knows about the client connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// A request has arrived on this connection (see `server` on shutdown).
+    pub request_seen: AtomicBool,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        ClientInfo {
+            addr,
+            tls,
+            request_seen: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Shared by every connection of the process.
@@ -354,10 +367,7 @@ mod tests {
     fn forwarding_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let c = ClientInfo {
-            addr: "[::1]:5000".parse().unwrap(),
-            tls: true,
-        };
+        let c = ClientInfo::new("[::1]:5000".parse().unwrap(), true);
         add_forwarding(&mut h, &c, "localhost");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");

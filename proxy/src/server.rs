@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,10 +88,7 @@ impl ServerApp for ListenerApp {
             return None;
         };
         let span = tracing::debug_span!("accept", client.addr = %addr);
-        let client = Arc::new(ClientInfo {
-            addr,
-            tls: self.tls.is_some(),
-        });
+        let client = Arc::new(ClientInfo::new(addr, self.tls.is_some()));
         let shutdown = shutdown.clone();
         async move {
             match &self.tls {
@@ -118,13 +115,10 @@ impl ListenerApp {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let gateway = self.gateway.clone();
-        let started = Arc::new(AtomicBool::new(false));
-        let service = service_fn({
-            let started = started.clone();
-            move |req| {
-                started.store(true, Relaxed);
-                gateway.clone().handle(client.clone(), req)
-            }
+        let info = client.clone();
+        let service = service_fn(move |req| {
+            client.request_seen.store(true, Relaxed);
+            gateway.clone().handle(client.clone(), req)
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -145,10 +139,10 @@ impl ListenerApp {
                 // hyper would close it as idle: the client would see its
                 // connection dropped for nothing it did. Serve that first
                 // request (bounded by the handshake timeout), then close.
-                if !started.load(Relaxed) {
+                if !info.request_seen.load(Relaxed) {
                     let first = std::future::poll_fn(|cx| {
                         let polled = conn.as_mut().poll(cx);
-                        if polled.is_ready() || started.load(Relaxed) {
+                        if polled.is_ready() || info.request_seen.load(Relaxed) {
                             std::task::Poll::Ready(polled.is_ready())
                         } else {
                             std::task::Poll::Pending

@@ -4,8 +4,7 @@
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_tests::*;
@@ -61,15 +60,8 @@ async fn fragmented_message_with_pings_between_fragments() {
         .map(|&n| random_bytes(n))
         .collect();
     for (i, part) in parts.iter().enumerate() {
-        let opcode = if i == 0 {
-            OpCode::Data(Data::Binary)
-        } else {
-            OpCode::Data(Data::Continue)
-        };
         let last = i == parts.len() - 1;
-        ws.send(Message::Frame(Frame::message(part.clone(), opcode, last)))
-            .await
-            .unwrap();
+        ws.send(fragment(part, i, parts.len())).await.unwrap();
         if !last {
             ws.send(Message::Ping(format!("p{i}").into_bytes().into()))
                 .await

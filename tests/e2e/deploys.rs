@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate::ring::{key_hash, Ring};
 use wsgate_tests::*;
@@ -192,16 +190,7 @@ async fn stream_until_closed(mut ws: Ws, seed: u8) -> (usize, u16) {
             .map(|p| vec![seed.wrapping_add(p).wrapping_add(verified as u8); 60_000])
             .collect();
         for (i, part) in parts.iter().enumerate() {
-            let opcode = if i == 0 {
-                OpCode::Data(Data::Binary)
-            } else {
-                OpCode::Data(Data::Continue)
-            };
-            if ws
-                .send(Message::Frame(Frame::message(part.clone(), opcode, i == 2)))
-                .await
-                .is_err()
-            {
+            if ws.send(fragment(part, i, parts.len())).await.is_err() {
                 break;
             }
         }

@@ -641,3 +641,20 @@ pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>> {
     }
     Ok(head)
 }
+
+/// Fragment `i` of a binary message cut into `count` parts, as a frame:
+/// the first is a Binary frame, the rest Continuations, the last with FIN.
+pub fn fragment(part: &[u8], i: usize, count: usize) -> tokio_tungstenite::tungstenite::Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let opcode = if i == 0 {
+        OpCode::Data(Data::Binary)
+    } else {
+        OpCode::Data(Data::Continue)
+    };
+    tokio_tungstenite::tungstenite::Message::Frame(Frame::message(
+        part.to_vec(),
+        opcode,
+        i + 1 == count,
+    ))
+}

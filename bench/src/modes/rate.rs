@@ -31,8 +31,9 @@ use super::{check_positive, check_size, connect_many, elapsed_ns, join_all, lock
 use crate::chart::{percentile_curve, Panel, Series};
 use crate::cli::RateArgs;
 use crate::client::Ws;
-use crate::echo::{decode, encode, EchoStats, SecondSummary, Stamp};
-use crate::procstat::cpu_seconds;
+use crate::echo::{
+    decode, encode, per_second_points, round_trip_per_second_panel, EchoStats, SecondSummary, Stamp,
+};
 use crate::schedule::{connection_for, Schedule};
 use crate::summary::{ratio, round, Errors, Percentiles};
 use crate::{BenchError, Ctx, Stop};
@@ -67,19 +68,20 @@ struct Detail {
 }
 
 pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
-    check_size(args.size)?;
+    check_size(args.load.size)?;
     check_positive("--connections", args.connections)?;
     let schedule = Schedule::new(args.rate).ok_or_else(|| {
         BenchError::BadArgs("--rate must be between 0.001 and 1e9 per second".into())
     })?;
-    if args.warmup >= args.duration {
+    if args.load.warmup >= args.load.duration {
         return Err(BenchError::BadArgs(
             "--warmup must be shorter than --duration".into(),
         ));
     }
-    let (conns, mut errors) = connect_many(ctx, args.connections, args.connect_concurrency).await?;
+    let (conns, mut errors) =
+        connect_many(ctx, args.connections, args.load.connect_concurrency).await?;
     let open = conns.len();
-    let stats = Arc::new(Mutex::new(EchoStats::new(args.warmup)));
+    let stats = Arc::new(Mutex::new(EchoStats::new(args.load.warmup)));
     let (closing_tx, closing) = watch::channel(false);
     let origin = Instant::now();
     let mut tasks = JoinSet::new();
@@ -94,16 +96,16 @@ pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
             closing.clone(),
             schedule,
             origin,
-            args.size,
+            args.load.size,
             stats.clone(),
         ));
         tasks.spawn(reader(stream, closing.clone(), origin, stats.clone()));
     }
 
-    let duration_ns = u64::try_from(args.duration.as_nanos()).unwrap_or(u64::MAX);
+    let duration_ns = u64::try_from(args.load.duration.as_nanos()).unwrap_or(u64::MAX);
     let scheduled = schedule.slots_within(duration_ns);
     let pacer = tokio::spawn(pace(schedule, scheduled, origin, senders, ctx.stop.clone()));
-    let warmup = args.warmup;
+    let warmup = args.load.warmup;
     let warm_sample = {
         let watch = ctx.watch.clone();
         tokio::spawn(async move {
@@ -113,7 +115,8 @@ pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
     };
 
     // Send phase: the pacer runs; show progress; pass on a stop request.
-    ctx.progress.phase("send", args.duration.as_secs().max(1));
+    ctx.progress
+        .phase("send", args.load.duration.as_secs().max(1));
     while !pacer.is_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         ctx.progress.set(origin.elapsed().as_secs());
@@ -155,8 +158,8 @@ pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
     // The schedule ends at --duration (earlier if stopped); the pacer's
     // end is noticed up to 100 ms late, which must not dilute the rate.
     let measured_s = sending_ended
-        .min(args.duration)
-        .saturating_sub(args.warmup)
+        .min(args.load.duration)
+        .saturating_sub(args.load.warmup)
         .as_secs_f64();
     let lag_p99 = stats.send_lag.value_at_quantile(0.99);
     if lag_p99 > LAG_WARNING_US {
@@ -165,20 +168,14 @@ pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
              give it more CPU (--threads) or lower --rate; rtt_from_schedule_us includes this lag"
         ));
     }
-    let cpu_us_per_msg = match (start_sample, end_sample) {
-        (Some(a), Some(b)) => Some(round(
-            ratio(cpu_seconds(a, b) * 1e6, stats.measured_received as f64),
-            3,
-        )),
-        _ => None,
-    };
+    let cpu_us_per_msg = stats.cpu_us_per_msg(start_sample, end_sample);
     let lost = stats.sent.saturating_sub(stats.received);
     let detail = Detail {
         connections: open,
         rate_target: args.rate,
-        size: args.size,
-        duration_s: secs(args.duration),
-        warmup_s: secs(args.warmup),
+        size: args.load.size,
+        duration_s: secs(args.load.duration),
+        warmup_s: secs(args.load.warmup),
         scheduled,
         sent: stats.sent,
         received: stats.received,
@@ -205,16 +202,14 @@ pub async fn run(ctx: &Ctx, args: &RateArgs) -> Result<Outcome, BenchError> {
         report,
         title: format!(
             "wsgate-bench rate: {} msg/s over {open} connections, {} B",
-            args.rate, args.size
+            args.rate, args.load.size
         ),
         panels,
     })
 }
 
 fn panels(stats: &EchoStats, seconds: &[SecondSummary]) -> Vec<Panel> {
-    let per_second = |f: fn(&SecondSummary) -> u64| -> Vec<(f64, f64)> {
-        seconds.iter().map(|s| (s.t as f64, f(s) as f64)).collect()
-    };
+    let per_second = |f| per_second_points(seconds, f);
     vec![
         Panel::new(
             "Round trip by percentile (after warm-up)",
@@ -228,15 +223,7 @@ fn panels(stats: &EchoStats, seconds: &[SecondSummary]) -> Vec<Panel> {
                 ),
             ],
         ),
-        Panel::new(
-            "Round trip per second (by scheduled send time)",
-            "second",
-            "µs",
-            vec![
-                Series::line("p50", per_second(|s| s.p50_us)),
-                Series::line("p99", per_second(|s| s.p99_us)),
-            ],
-        ),
+        round_trip_per_second_panel("Round trip per second (by scheduled send time)", seconds),
         Panel::new(
             "Messages per second",
             "second",

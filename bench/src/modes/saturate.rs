@@ -17,8 +17,9 @@ use super::{check_positive, check_size, connect_many, elapsed_ns, join_all, lock
 use crate::chart::{percentile_curve, Panel, Series};
 use crate::cli::SaturateArgs;
 use crate::client::{close, Ws};
-use crate::echo::{decode, encode, EchoStats, SecondSummary, Stamp};
-use crate::procstat::cpu_seconds;
+use crate::echo::{
+    decode, encode, per_second_points, round_trip_per_second_panel, EchoStats, SecondSummary, Stamp,
+};
 use crate::summary::{ratio, round, Errors, Percentiles};
 use crate::{BenchError, Ctx, Stop};
 
@@ -53,23 +54,24 @@ struct Loop {
 }
 
 pub async fn run(ctx: &Ctx, args: &SaturateArgs) -> Result<Outcome, BenchError> {
-    check_size(args.size)?;
+    check_size(args.load.size)?;
     check_positive("--connections", args.connections)?;
     check_positive("--window", args.window)?;
-    if args.warmup >= args.duration {
+    if args.load.warmup >= args.load.duration {
         return Err(BenchError::BadArgs(
             "--warmup must be shorter than --duration".into(),
         ));
     }
-    let (conns, mut errors) = connect_many(ctx, args.connections, args.connect_concurrency).await?;
+    let (conns, mut errors) =
+        connect_many(ctx, args.connections, args.load.connect_concurrency).await?;
     let open = conns.len();
-    let stats = Arc::new(Mutex::new(EchoStats::new(args.warmup)));
+    let stats = Arc::new(Mutex::new(EchoStats::new(args.load.warmup)));
     let origin = Instant::now();
     let shared = Loop {
         window: args.window,
-        size: args.size,
+        size: args.load.size,
         origin,
-        end_ns: u64::try_from(args.duration.as_nanos()).unwrap_or(u64::MAX),
+        end_ns: u64::try_from(args.load.duration.as_nanos()).unwrap_or(u64::MAX),
         limit: ctx.target.timeout,
         stats: stats.clone(),
         stop: ctx.stop.clone(),
@@ -85,11 +87,11 @@ pub async fn run(ctx: &Ctx, args: &SaturateArgs) -> Result<Outcome, BenchError> 
             watch.sample()
         })
     };
-    let (warm, end) = (sample_at(args.warmup), sample_at(args.duration));
+    let (warm, end) = (sample_at(args.load.warmup), sample_at(args.load.duration));
 
     ctx.progress
-        .phase("saturate", args.duration.as_secs().max(1));
-    while origin.elapsed() < args.duration && !ctx.stop.is_set() {
+        .phase("saturate", args.load.duration.as_secs().max(1));
+    while origin.elapsed() < args.load.duration && !ctx.stop.is_set() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         ctx.progress.set(origin.elapsed().as_secs());
         ctx.progress.message(|| {
@@ -103,8 +105,8 @@ pub async fn run(ctx: &Ctx, args: &SaturateArgs) -> Result<Outcome, BenchError> 
     }
     let measured = origin
         .elapsed()
-        .min(args.duration)
-        .saturating_sub(args.warmup);
+        .min(args.load.duration)
+        .saturating_sub(args.load.warmup);
     join_all(&mut tasks, ctx.target.timeout * 2, &mut errors).await;
     let sampler = |e: tokio::task::JoinError| BenchError::BadArgs(format!("sampler: {e}"));
     let start_sample = warm.await.map_err(sampler)??;
@@ -117,19 +119,13 @@ pub async fn run(ctx: &Ctx, args: &SaturateArgs) -> Result<Outcome, BenchError> 
     };
 
     let stats = lock(&stats);
-    let cpu_us_per_msg = match (start_sample, end_sample) {
-        (Some(a), Some(b)) => Some(round(
-            ratio(cpu_seconds(a, b) * 1e6, stats.measured_received as f64),
-            3,
-        )),
-        _ => None,
-    };
+    let cpu_us_per_msg = stats.cpu_us_per_msg(start_sample, end_sample);
     let detail = Detail {
         connections: open,
         window: args.window,
-        size: args.size,
-        duration_s: secs(args.duration),
-        warmup_s: secs(args.warmup),
+        size: args.load.size,
+        duration_s: secs(args.load.duration),
+        warmup_s: secs(args.load.warmup),
         sent: stats.sent,
         received: stats.received,
         throughput: round(
@@ -155,32 +151,24 @@ pub async fn run(ctx: &Ctx, args: &SaturateArgs) -> Result<Outcome, BenchError> 
         report,
         title: format!(
             "wsgate-bench saturate: {open} connections x window {}, {} B",
-            args.window, args.size
+            args.window, args.load.size
         ),
         panels,
     })
 }
 
 fn panels(stats: &EchoStats, seconds: &[SecondSummary]) -> Vec<Panel> {
-    let per_second = |f: fn(&SecondSummary) -> u64| -> Vec<(f64, f64)> {
-        seconds.iter().map(|s| (s.t as f64, f(s) as f64)).collect()
-    };
     vec![
         Panel::new(
             "Echoes per second (by send time)",
             "second",
             "messages",
-            vec![Series::line("echoed", per_second(|s| s.received))],
+            vec![Series::line(
+                "echoed",
+                per_second_points(seconds, |s| s.received),
+            )],
         ),
-        Panel::new(
-            "Round trip per second",
-            "second",
-            "µs",
-            vec![
-                Series::line("p50", per_second(|s| s.p50_us)),
-                Series::line("p99", per_second(|s| s.p99_us)),
-            ],
-        ),
+        round_trip_per_second_panel("Round trip per second", seconds),
         Panel::new(
             "Round trip by percentile (after warm-up)",
             "percentile, in nines (1 = p90, 2 = p99, 3 = p99.9)",
