@@ -303,6 +303,11 @@ enum Mode {
     /// Our Close is sent (or the destination is gone): drop data until the
     /// source's own Close frame or end of stream.
     Discard,
+    /// A close became due after the source's own Close went through: a
+    /// second Close would break the protocol, so pass bytes on until that
+    /// handshake finishes (bounded by the close deadline). Unlike
+    /// `Forward`, the cause is already handled and is not looked at again.
+    Passing,
 }
 
 struct Pump<'a> {
@@ -468,6 +473,10 @@ impl<'a> Pump<'a> {
         }
         match mode {
             Mode::Forward => self.forward_chunk(dst, bytes).await,
+            Mode::Passing => {
+                let next = self.forward_chunk(dst, bytes).await?;
+                Ok(next.map(|_| Mode::Passing))
+            }
             Mode::CloseAtBoundary(code, reason) => {
                 let consumed = match self.tracker.advance(bytes, true) {
                     Ok(adv) => adv.consumed,
@@ -518,10 +527,7 @@ impl<'a> Pump<'a> {
         reason: &'static str,
     ) -> Mode {
         if self.source_closed {
-            // The source's own Close already went through; a second Close
-            // would break the protocol. Let that handshake finish (bounded
-            // by the close deadline).
-            return Mode::Forward;
+            return Mode::Passing;
         }
         if self.dst_at_boundary {
             // A failed write means the destination is gone; nothing more to send.
@@ -539,7 +545,7 @@ impl<'a> Pump<'a> {
         if self.source_closed || mode == Mode::Discard {
             // A normal close, or the end of one we started: pass the
             // half-close on so the other side sees end of stream.
-            if self.source_closed && mode == Mode::Forward {
+            if self.source_closed && matches!(mode, Mode::Forward | Mode::Passing) {
                 let _ = dst.shutdown().await;
             }
             return;
@@ -634,5 +640,108 @@ mod tests {
         let f = run(&mut a, &mut c, &cfg, &signal);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 1100, "tunnel future is {size} bytes");
+    }
+
+    /// Runs a tunnel between two in-memory pipes on a runtime of its own
+    /// thread, so that a tunnel that never yields fails the test (through
+    /// the receive timeout) instead of hanging it.
+    struct Harness {
+        client: tokio::io::DuplexStream,
+        backend: tokio::io::DuplexStream,
+        signal: std::sync::Arc<CloseSignal>,
+        done: std::sync::mpsc::Receiver<TunnelReport>,
+    }
+
+    fn start_tunnel(close_timeout: Duration) -> Harness {
+        let (client, client_end) = tokio::io::duplex(4096);
+        let (backend, backend_end) = tokio::io::duplex(4096);
+        let signal = std::sync::Arc::new(CloseSignal::new());
+        let (tx, done) = std::sync::mpsc::channel();
+        let tunnel_signal = signal.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let cfg = TunnelConfig {
+                    idle: Duration::from_secs(60),
+                    close_timeout,
+                    max_message_bytes: 1 << 20,
+                };
+                let side = |io| {
+                    let (read, write) = tokio::io::split(io);
+                    Side::new(read, write, Bytes::new())
+                };
+                let (mut c, mut b) = (side(client_end), side(backend_end));
+                let _ = tx.send(run(&mut c, &mut b, &cfg, &tunnel_signal).await);
+            });
+        });
+        Harness {
+            client,
+            backend,
+            signal,
+            done,
+        }
+    }
+
+    /// A drain that arrives after the client's own Close went through, but
+    /// before the backend answered it: the client→backend pump must let
+    /// that handshake finish, not send a second Close. It used to re-check
+    /// the cause in a loop that never yielded, which hung the thread (and
+    /// every tunnel on it) at 100% CPU.
+    #[test]
+    fn a_close_due_after_the_sources_own_close_lets_the_handshake_finish() {
+        let mut h = start_tunnel(Duration::from_secs(30));
+        let wait = Duration::from_secs(10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            let client_close = encode_close(1000, "bye", Some([1, 2, 3, 4]));
+            h.client.write_all(client_close.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; client_close.as_bytes().len()];
+            tokio::time::timeout(wait, h.backend.read_exact(&mut got))
+                .await
+                .expect("the client's Close reaches the backend")
+                .unwrap();
+            assert_eq!(got, client_close.as_bytes());
+
+            h.signal.request(CloseCause::Drain(1012));
+            // The client gets the drain's Close (the backend→client pump is
+            // at a frame boundary); the backend gets no second Close.
+            let mut got = vec![0u8; 2];
+            tokio::time::timeout(wait, h.client.read_exact(&mut got))
+                .await
+                .expect("the client gets a Close")
+                .unwrap();
+            assert_eq!(got[0], 0x88, "a Close frame");
+            let mut rest = vec![0u8; usize::from(got[1])];
+            tokio::time::timeout(wait, h.client.read_exact(&mut rest))
+                .await
+                .expect("the Close's payload")
+                .unwrap();
+            assert_eq!(&rest[..2], &1012u16.to_be_bytes());
+
+            // The backend answers the client's Close; the tunnel ends once
+            // both sides have gone.
+            let reply = encode_close(1000, "bye", None);
+            h.backend.write_all(reply.as_bytes()).await.unwrap();
+            drop(h.client);
+            let mut tail = Vec::new();
+            tokio::time::timeout(wait, h.backend.read_to_end(&mut tail))
+                .await
+                .expect("the backend sees end of stream")
+                .unwrap();
+            assert!(tail.is_empty(), "no second Close to the backend: {tail:?}");
+        });
+        let report = h
+            .done
+            .recv_timeout(wait)
+            .expect("the tunnel ends instead of spinning");
+        assert_eq!(report.cause, Some(CloseCause::Drain(1012)));
+        assert!(!report.timed_out);
     }
 }
