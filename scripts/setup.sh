@@ -2,7 +2,7 @@
 # Installs what building and testing wsgate needs on a fresh Debian machine
 # that has only the Rust toolchain, gcc, Python 3 and Node.js. Idempotent:
 # anything already present is left alone.
-#   scripts/setup.sh          build dependencies only (cmake for pingora)
+#   scripts/setup.sh          build dependencies only (cmake for pingora, make for jemalloc)
 #   scripts/setup.sh --demo   plus redis-server (so the demo's backends share rooms)
 #   scripts/setup.sh --test   plus redis-server, chromium, Python and Node test deps
 set -euo pipefail
@@ -15,6 +15,7 @@ want_demo=0
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
+command -v make >/dev/null || missing+=(make) # jemalloc's build
 if [ "$want_test" = 1 ] || [ "$want_demo" = 1 ]; then
   command -v redis-server >/dev/null || missing+=(redis-server)
 fi

@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 
+mod allocator;
+
 use wsgate::adminclient::{status_table, AdminClient};
 use wsgate::config::{units::parse_duration, Config, ConfigError};
 
@@ -218,6 +220,7 @@ fn run(path: &Path, threads: Option<usize>, upgrade: bool) -> ExitCode {
             t
         };
     }
+    tracing::debug!(allocator = %allocator::settings(), "memory");
     let options = wsgate::server::RunOptions {
         config_path: Some(path.to_path_buf()),
         upgrade,

@@ -11,7 +11,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use std::future::Future;
+
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -21,7 +22,7 @@ use crate::closesignal::CloseSignal;
 use crate::control::Control;
 use crate::registry::{BackendKey, ConnGuard};
 use crate::tlsconn::TlsConn;
-use crate::tunnel::{self, Side, TunnelConfig, TunnelReport};
+use crate::tunnel::{self, Early, Side, TunnelConfig, TunnelReport};
 
 /// What a tunnel needs besides its two connections.
 pub struct Context {
@@ -86,24 +87,20 @@ fn spawn_tunnel(
         .downcast::<TokioIo<TcpStream>>()
         .map_err(|_| "the backend connection is not a TCP stream")?;
     let mut rest = Rest {
-        backend_early: early(backend.read_buf),
+        backend_early: Early::new(backend.read_buf),
         backend_tcp: backend.io.into_inner(),
         cfg,
         end,
     };
-    let span = tracing::Span::current();
     let client = match client.downcast::<TokioIo<TcpStream>>() {
         Ok(plain) => {
-            let client_early = early(plain.read_buf);
+            let client_early = Early::new(plain.read_buf);
             let mut client_tcp = plain.io.into_inner();
-            tokio::spawn(
-                async move {
-                    let (read, write) = client_tcp.split();
-                    let mut client = Side::new(read, write, client_early);
-                    run_to_end(&mut client, &mut rest).await;
-                }
-                .instrument(span),
-            );
+            spawn_in_current_span(async move {
+                let (read, write) = client_tcp.split();
+                let mut client = Side::new(read, write, client_early);
+                run_to_end(&mut client, &mut rest).await;
+            });
             return Ok(());
         }
         Err(other) => other,
@@ -111,26 +108,36 @@ fn spawn_tunnel(
     let tls = client
         .downcast::<TokioIo<TlsConn>>()
         .map_err(|_| "the client connection is neither TCP nor TLS over TCP")?;
-    let client_early = early(tls.read_buf);
+    let client_early = Early::new(tls.read_buf);
     // A TLS session reads and writes through one state; this split takes an
     // uncontended lock per operation (both halves run in one task). Split
     // here, not in the task: a session moved inside the task would leave
     // its state behind in the task's own.
     let (read, write) = tokio::io::split(tls.io.into_inner());
-    tokio::spawn(
-        async move {
-            let mut client = Side::new(read, write, client_early);
-            run_to_end(&mut client, &mut rest).await;
-        }
-        .instrument(span),
-    );
+    spawn_in_current_span(async move {
+        let mut client = Side::new(read, write, client_early);
+        run_to_end(&mut client, &mut rest).await;
+    });
     Ok(())
+}
+
+/// Spawns `tunnel` inside the request's span when that span is enabled
+/// (debug logging), so the tunnel's own log lines carry the backend and key.
+/// Otherwise the span is empty, and wrapping every poll of every tunnel in
+/// it would cost 48 bytes per idle connection and a little CPU per message.
+fn spawn_in_current_span(tunnel: impl Future<Output = ()> + Send + 'static) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        tokio::spawn(tunnel);
+    } else {
+        tokio::spawn(tunnel.instrument(span));
+    }
 }
 
 /// Everything a tunnel task owns besides its client connection.
 struct Rest {
     backend_tcp: TcpStream,
-    backend_early: Bytes,
+    backend_early: Early,
     cfg: TunnelConfig,
     end: End,
 }
@@ -147,16 +154,4 @@ where
     let mut backend = Side::new(read, write, std::mem::take(&mut rest.backend_early));
     let report = tunnel::run(client, &mut backend, &rest.cfg, &rest.end.signal).await;
     rest.end.finish(report);
-}
-
-/// Bytes hyper read past the handshake. Even an empty slice of its read
-/// buffer would keep the whole buffer (8 KiB) alive for the tunnel's life,
-/// so an empty one is replaced; a non-empty one is forwarded and dropped
-/// as the tunnel starts.
-fn early(read_buf: Bytes) -> Bytes {
-    if read_buf.is_empty() {
-        Bytes::new()
-    } else {
-        read_buf
-    }
 }
