@@ -20,8 +20,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rustls::server::ServerConnectionData;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -100,6 +103,27 @@ enum Step {
     Closed,
 }
 
+/// Appends a handshake message or alert from rustls to the output.
+fn encode_into(
+    out: &mut Vec<u8>,
+    out_len: &mut usize,
+    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+) {
+    loop {
+        if out.is_empty() {
+            *out = take_buf();
+        }
+        match encode.encode(&mut out[*out_len..]) {
+            Ok(n) => {
+                *out_len += n;
+                return;
+            }
+            Err(EncodeError::InsufficientSize(e)) => out.resize(*out_len + e.required_size, 0),
+            Err(EncodeError::AlreadyEncoded) => return,
+        }
+    }
+}
+
 fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -151,8 +175,47 @@ impl TlsConn {
         }
     }
 
-    /// Advances rustls by one state with the bytes received so far.
-    fn process(&mut self, mut want: Want<'_, '_>) -> io::Result<Step> {
+    /// Advances rustls by one state with the bytes received so far. On a
+    /// TLS error, the fatal alert rustls prepared for the peer is sent first.
+    fn process(&mut self, want: Want<'_, '_>) -> io::Result<Step> {
+        let result = self.advance(want);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::InvalidData) {
+            self.send_fatal_alert();
+        }
+        result
+    }
+
+    /// Best effort, never waits: the connection is being dropped, and a
+    /// peer that does not read must not hold it. An alert is a few bytes,
+    /// so one write into an empty socket buffer takes it whole.
+    fn send_fatal_alert(&mut self) {
+        // rustls queued the alert when it returned the error; the next call
+        // hands it out for encoding (it has nothing else to give after an
+        // error, so two rounds are plenty).
+        for _ in 0..2 {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
+            match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.out, &mut self.out_len, &mut encode);
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => break,
+            }
+        }
+        while self.out_pos < self.out_len {
+            match self.tcp.try_write(&self.out[self.out_pos..self.out_len]) {
+                Ok(n) if n > 0 => self.out_pos += n,
+                _ => return,
+            }
+        }
+        if !self.out.is_empty() {
+            give_back(&mut self.out);
+            self.out_pos = 0;
+            self.out_len = 0;
+        }
+    }
+
+    fn advance(&mut self, mut want: Want<'_, '_>) -> io::Result<Step> {
         let Self {
             conn,
             inbuf,
@@ -182,21 +245,7 @@ impl TlsConn {
                 Step::Progress
             }
             ConnectionState::EncodeTlsData(mut encode) => {
-                loop {
-                    if out.is_empty() {
-                        *out = take_buf();
-                    }
-                    match encode.encode(&mut out[*out_len..]) {
-                        Ok(n) => {
-                            *out_len += n;
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(e)) => {
-                            out.resize(*out_len + e.required_size, 0);
-                        }
-                        Err(EncodeError::AlreadyEncoded) => break,
-                    }
-                }
+                encode_into(out, out_len, &mut encode);
                 Step::Progress
             }
             ConnectionState::TransmitTlsData(transmit) => {
@@ -551,6 +600,44 @@ mod tests {
         tokio::time::timeout(STEP, echo_through(true, false))
             .await
             .unwrap();
+    }
+
+    /// A peer that breaks the protocol gets a fatal alert saying why before
+    /// the connection closes, as with rustls' buffered mode, instead of a
+    /// bare TCP close it cannot tell from a crash.
+    #[tokio::test]
+    async fn a_protocol_error_is_answered_with_a_fatal_alert() {
+        let (server_cfg, _) = configs(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(tcp, server_cfg).await.err()
+        });
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        // Plain HTTP to a TLS port: not a TLS record at all.
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let err = tokio::time::timeout(STEP, server).await.unwrap().unwrap();
+        assert_eq!(
+            err.map(|e| e.kind()),
+            Some(io::ErrorKind::InvalidData),
+            "the handshake fails as a TLS error"
+        );
+        let mut got = Vec::new();
+        tokio::time::timeout(STEP, tcp.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        // One plaintext alert record: content type 21, a version, length 2,
+        // level 2 (fatal), then the description.
+        assert_eq!(
+            got.len(),
+            7,
+            "one alert record, then end of stream: {got:?}"
+        );
+        assert_eq!((got[0], got[3], got[4], got[5]), (21, 0, 2, 2), "{got:?}");
     }
 
     #[tokio::test]
