@@ -9,9 +9,8 @@
 //! spawned once the types are known, so that task holds exactly one
 //! tunnel's state and nothing of the handshake.
 
-use std::sync::Arc;
-
 use std::future::Future;
+use std::sync::Arc;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
