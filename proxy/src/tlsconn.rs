@@ -103,25 +103,49 @@ enum Step {
     Closed,
 }
 
+/// What a rustls encoder did with the free part of the output buffer.
+enum Filled {
+    /// Wrote this many bytes.
+    Wrote(usize),
+    /// Needs this many bytes of room.
+    Grow(usize),
+}
+
+/// Runs `fill` on the free part of `out` (taken from the pool if there is
+/// none), growing it as often as rustls asks.
+fn append_out(
+    out: &mut Vec<u8>,
+    out_len: &mut usize,
+    mut fill: impl FnMut(&mut [u8]) -> io::Result<Filled>,
+) -> io::Result<()> {
+    loop {
+        if out.is_empty() {
+            *out = take_buf();
+        }
+        match fill(&mut out[*out_len..])? {
+            Filled::Wrote(n) => {
+                *out_len += n;
+                return Ok(());
+            }
+            Filled::Grow(room) => out.resize(*out_len + room, 0),
+        }
+    }
+}
+
 /// Appends a handshake message or alert from rustls to the output.
 fn encode_into(
     out: &mut Vec<u8>,
     out_len: &mut usize,
     encode: &mut EncodeTlsData<'_, ServerConnectionData>,
 ) {
-    loop {
-        if out.is_empty() {
-            *out = take_buf();
-        }
-        match encode.encode(&mut out[*out_len..]) {
-            Ok(n) => {
-                *out_len += n;
-                return;
-            }
-            Err(EncodeError::InsufficientSize(e)) => out.resize(*out_len + e.required_size, 0),
-            Err(EncodeError::AlreadyEncoded) => return,
-        }
-    }
+    // Encoding cannot fail otherwise: `fill` never returns an error.
+    let _ = append_out(out, out_len, |buf| {
+        Ok(match encode.encode(buf) {
+            Ok(n) => Filled::Wrote(n),
+            Err(EncodeError::InsufficientSize(e)) => Filled::Grow(e.required_size),
+            Err(EncodeError::AlreadyEncoded) => Filled::Wrote(0),
+        })
+    });
 }
 
 fn tls_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -208,11 +232,7 @@ impl TlsConn {
                 _ => return,
             }
         }
-        if !self.out.is_empty() {
-            give_back(&mut self.out);
-            self.out_pos = 0;
-            self.out_len = 0;
-        }
+        self.release_out();
     }
 
     fn advance(&mut self, mut want: Want<'_, '_>) -> io::Result<Step> {
@@ -327,12 +347,17 @@ impl TlsConn {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+        self.release_out();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Everything queued is sent: the output buffer goes back to the pool.
+    fn release_out(&mut self) {
         if !self.out.is_empty() {
             give_back(&mut self.out);
             self.out_pos = 0;
             self.out_len = 0;
         }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -342,19 +367,11 @@ fn encrypt_into(
     out_len: &mut usize,
     mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
-    loop {
-        if out.is_empty() {
-            *out = take_buf();
-        }
-        match encrypt(&mut out[*out_len..]) {
-            Ok(n) => {
-                *out_len += n;
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(e)) => out.resize(*out_len + e.required_size, 0),
-            Err(e) => return Err(tls_error(e)),
-        }
-    }
+    append_out(out, out_len, |buf| match encrypt(buf) {
+        Ok(n) => Ok(Filled::Wrote(n)),
+        Err(EncryptError::InsufficientSize(e)) => Ok(Filled::Grow(e.required_size)),
+        Err(e) => Err(tls_error(e)),
+    })
 }
 
 impl AsyncRead for TlsConn {
