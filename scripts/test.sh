@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 
 cargo fmt --all -- --check
+# The planes' layering: no import cycle, no data-path module importing control.
+python3 scripts/module-deps.py >/dev/null
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests start these binaries as real processes.
 cargo build --workspace --bins

@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
-use wsgate::frame::{FrameTracker, Sender};
+use wsgate::tunnel::{FrameTracker, Sender};
 
 const CHUNK: usize = 16 * 1024;
 

@@ -2,7 +2,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use wsgate::ring::{key_hash, Ring};
+use wsgate::routing::ring::{key_hash, Ring};
 
 /// Distinct keys, cycled so that each iteration hashes a different key (as real connections do).
 fn keys() -> Vec<String> {

@@ -1,39 +1,31 @@
 //! wsgate: a TLS-terminating reverse proxy and sticky load balancer for
 //! WebSockets.
 //!
-//! Pure modules (no I/O, unit-tested and benchmarked): [`ring`] (which
-//! backend a key belongs to), [`frame`] (where frames start), [`handshake`],
-//! [`sticky`], [`route`] and [`config`] validation. I/O modules: [`server`]
-//! and [`socket`] (accepting), [`tls`] and [`tlsconn`], [`gateway`],
-//! [`upstream`], [`splice`] and [`tunnel`]. `ARCHITECTURE.md` draws how they
-//! connect.
+//! The folders are the planes (ARCHITECTURE.md draws them):
+//! - data path: [`edge`] (accept, TLS, HTTP) → `gateway` (route, sticky
+//!   key, backend, upgrade) → `tunnel` (the frame-aware splice);
+//! - routing state, written by the control plane and read by the data
+//!   path: `routing` (ring, snapshot, registry, reports);
+//! - control plane: [`control`] (one task that owns all control state, the
+//!   admin API, health checks, drains, reloads, signals);
+//! - [`config`] (the file and its validation), [`cli`] (the command line),
+//!   and `process` (the wiring of the two planes).
 //!
-//! `unsafe` is denied everywhere but one audited block in [`socket`], which
-//! duplicates an accepted socket's descriptor.
+//! Pure modules (no I/O, unit-tested and benchmarked): [`routing::ring`],
+//! [`tunnel::frame`], handshake validation, sticky-key extraction, route
+//! matching, [`config`] validation and the reload diff. No module of the
+//! data path imports the control plane.
+//!
+//! `unsafe` is denied everywhere but one audited block in `edge::socket`,
+//! which duplicates an accepted socket's descriptor.
 
 #![deny(unsafe_code)]
 
-pub mod admin;
-pub mod adminclient;
-pub mod bufpool;
-pub mod closesignal;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod drain;
-pub mod frame;
-pub mod gateway;
-pub mod handshake;
-pub mod health;
-pub mod plane;
-pub mod registry;
-pub mod ring;
-pub mod route;
-pub mod server;
-pub mod snapshot;
-pub mod socket;
-pub mod splice;
-pub mod sticky;
-pub mod tls;
-pub mod tlsconn;
+pub mod edge;
+mod gateway;
+mod process;
+pub mod routing;
 pub mod tunnel;
-pub mod upstream;

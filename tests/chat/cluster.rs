@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
-use wsgate::ring::{key_hash, Ring};
+use wsgate::routing::ring::{key_hash, Ring};
 use wsgate_tests::{bin, client_tls, tls_config, Backend, Gate, Proc, Ws, STEP};
 
 /// Spawns `cmd` and waits (bounded) for a stdout line `ready` accepts.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::ring::{key_hash, Ring};
+use wsgate::routing::ring::{key_hash, Ring};
 use wsgate_tests::*;
 
 const ADMIN: &str = "admin: { address: \"127.0.0.1:0\", token_file: admin.token }\n";

@@ -2,7 +2,7 @@
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::ring::{key_hash, Ring};
+use wsgate::routing::ring::{key_hash, Ring};
 use wsgate_tests::*;
 
 /// First user (user-0, user-1, ...) that the ring maps to backend `index`.

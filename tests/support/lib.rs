@@ -561,7 +561,7 @@ pub async fn read_close_code<S: AsyncRead + Unpin>(s: &mut S) -> Result<Option<u
         let (opcode, payload) = read_frame(s).await?;
         if opcode == 0x8 {
             let (code, _) =
-                wsgate::frame::parse_close_payload(&payload).map_err(|e| anyhow!("{e:?}"))?;
+                wsgate::tunnel::parse_close_payload(&payload).map_err(|e| anyhow!("{e:?}"))?;
             return Ok(code);
         }
     }

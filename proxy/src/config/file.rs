@@ -1,7 +1,7 @@
 //! The serde mirror of `wsgate.yaml`: exactly what the file may say, nothing
 //! more. Unknown keys are rejected here (`deny_unknown_fields`) so typos fail
 //! loudly. Semantic checks and typing (addresses, durations, references
-//! between sections) happen in `config::validate`, which turns this into the
+//! between sections) happen in the validator in `config/mod.rs`, which turns this into the
 //! runtime [`Config`](super::Config).
 
 use std::collections::BTreeMap;
@@ -82,7 +82,7 @@ pub struct FileRoute {
 }
 
 fn default_prefix() -> String {
-    "/".to_string()
+    super::defaults::PATH_PREFIX.to_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,7 +128,7 @@ pub struct FileBackend {
 }
 
 fn default_weight() -> u32 {
-    1
+    super::defaults::WEIGHT
 }
 
 /// Durations are strings such as `500ms`, `10s`, `15m`, `1h`.

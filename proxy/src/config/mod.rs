@@ -7,8 +7,11 @@
 //! line:column, and all problems are reported at once. Loading does I/O only
 //! to read the file; [`Config::from_source`] is pure.
 
-pub mod file;
-pub mod locate;
+pub mod defaults;
+mod file;
+mod hostmatch;
+mod keysource;
+mod locate;
 pub mod units;
 
 use std::collections::HashSet;
@@ -17,8 +20,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::route::HostMatch;
-use crate::sticky::KeySource;
+pub use hostmatch::HostMatch;
+pub use keysource::KeySource;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone)]
@@ -33,7 +36,7 @@ pub struct Config {
     pub admin: Option<Admin>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub address: SocketAddr,
     /// Resolved against the config file's directory.
@@ -68,16 +71,6 @@ pub struct Drain {
     pub max_closes_per_second: u32,
 }
 
-impl Default for Drain {
-    fn default() -> Self {
-        Drain {
-            window: Duration::from_secs(30),
-            close_code: 1012,
-            max_closes_per_second: 0,
-        }
-    }
-}
-
 /// What to do with live connections when a backend becomes eligible again
 /// (added, undrained, healthy again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,19 +81,19 @@ pub enum Rebalance {
     Migrate,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub tls: Option<Tls>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
     pub certificates: Vec<Certificate>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Certificate {
     /// Resolved against the config file's directory.
     pub cert: PathBuf,
@@ -109,7 +102,7 @@ pub struct Certificate {
     pub generate_if_missing: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub host: HostMatch,
     pub path_prefix: String,
@@ -129,7 +122,7 @@ pub enum OnMissingKey {
     Reject,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
     pub backends: Vec<Backend>,
@@ -147,7 +140,7 @@ pub struct Backend {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// TLS handshake plus the request head.
     pub handshake: Duration,
@@ -160,14 +153,14 @@ pub struct Timeouts {
     pub close: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest WebSocket message (sum of its frames); larger ones close 1009.
     pub max_message_bytes: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Runtime {
     pub threads: usize,
     /// Off by default: each thread runs its own single-threaded runtime,
@@ -175,27 +168,6 @@ pub struct Runtime {
     pub work_stealing: bool,
     pub shutdown_window: Duration,
     pub upgrade_sock: PathBuf,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            handshake: Duration::from_secs(10),
-            backend_connect: Duration::from_secs(3),
-            backend_response: Duration::from_secs(10),
-            idle: Duration::from_secs(15 * 60),
-            close: Duration::from_secs(5),
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_header_bytes: 16 * 1024,
-            max_message_bytes: 64 << 20,
-        }
-    }
 }
 
 /// One problem in a config file.
@@ -287,6 +259,24 @@ impl Config {
     pub fn pool_index(&self, name: &str) -> Option<usize> {
         self.pools.iter().position(|p| p.name == name)
     }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The backend `id` of pool `pool`: the one way to ask whether a
+    /// backend is in this config.
+    pub fn backend(&self, pool: &str, id: &str) -> Option<&Backend> {
+        self.pool(pool)?.backends.iter().find(|b| b.id == id)
+    }
+}
+
+/// What [`valid_backend_id`] checks, for error messages.
+pub const BACKEND_ID_RULE: &str = "a backend id must be non-empty, with no `/` or spaces";
+
+/// Backend ids appear in `POOL/ID` on the command line and in admin URLs.
+pub fn valid_backend_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['/', ' '])
 }
 
 /// serde_yaml appends "at line X column Y" to its messages; we print the
@@ -327,18 +317,13 @@ impl Validator<'_> {
         let shutdown_window = self.duration(
             "runtime.shutdown_window",
             f.runtime.shutdown_window,
-            Duration::from_secs(10),
+            defaults::SHUTDOWN_WINDOW,
         );
         let upgrade_sock = f.runtime.upgrade_sock.map_or_else(
-            || std::env::temp_dir().join("wsgate-upgrade.sock"),
+            || std::env::temp_dir().join(defaults::UPGRADE_SOCK_NAME),
             |p| base.join(p),
         );
-        let threads = f.runtime.threads.unwrap_or(0);
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let threads = defaults::resolve_threads(f.runtime.threads.unwrap_or(defaults::THREADS));
         Config {
             listeners,
             routes,
@@ -347,7 +332,7 @@ impl Validator<'_> {
             limits,
             runtime: Runtime {
                 threads,
-                work_stealing: f.runtime.work_stealing.unwrap_or(false),
+                work_stealing: f.runtime.work_stealing.unwrap_or(defaults::WORK_STEALING),
                 shutdown_window,
                 upgrade_sock,
             },
@@ -393,18 +378,21 @@ impl Validator<'_> {
                 Some(n) => n,
                 None => def,
             };
-            let (fall, rise) = (count("fall", h.fall, 3), count("rise", h.rise, 2));
+            let (fall, rise) = (
+                count("fall", h.fall, defaults::HEALTH_FALL),
+                count("rise", h.rise, defaults::HEALTH_RISE),
+            );
             HealthCheck {
                 probe,
                 interval: self.duration(
                     &format!("{path}.health_check.interval"),
                     h.interval,
-                    Duration::from_secs(2),
+                    defaults::HEALTH_INTERVAL,
                 ),
                 timeout: self.duration(
                     &format!("{path}.health_check.timeout"),
                     h.timeout,
-                    Duration::from_secs(1),
+                    defaults::HEALTH_TIMEOUT,
                 ),
                 fall,
                 rise,
@@ -413,7 +401,7 @@ impl Validator<'_> {
         let d = Drain::default();
         let close_code = match p.drain.close_code {
             None => d.close_code,
-            Some(c) if crate::frame::is_valid_close_code(c) => c,
+            Some(c) if crate::tunnel::frame::is_valid_close_code(c) => c,
             Some(c) => {
                 self.problem(
                     &format!("{path}.drain.close_code"),
@@ -534,11 +522,8 @@ impl Validator<'_> {
             let mut backends = Vec::new();
             for (i, b) in p.backends.into_iter().enumerate() {
                 let bpath = format!("{path}.backends[{i}]");
-                if b.id.is_empty() || b.id.contains(['/', ' ']) {
-                    self.problem(
-                        &format!("{bpath}.id"),
-                        "a backend id must be non-empty, with no `/` or spaces",
-                    );
+                if !valid_backend_id(&b.id) {
+                    self.problem(&format!("{bpath}.id"), BACKEND_ID_RULE);
                 }
                 if !ids.insert(b.id.clone()) {
                     self.problem(

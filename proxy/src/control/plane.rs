@@ -1,16 +1,16 @@
 //! Runs the control plane on its own thread and single-threaded runtime, so
 //! nothing it does (reloads, health probes, admin calls) competes with the
-//! data path's worker threads: the admin API, health checkers, the config
+//! data path's worker threads: the control task, the admin API, the config
 //! file watcher, and the signals that are ours (SIGHUP reloads; SIGTERM and
 //! SIGQUIT start the paced 1001 shutdown while pingora stops accepting).
+//! Each of them only sends commands to the control task.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::control::Control;
+use super::{Command, ControlHandle, ControlPlane};
 
 /// How long pingora keeps accepting after sending its sockets on SIGQUIT
 /// (`CLOSE_TIMEOUT` in pingora-core's server module).
@@ -25,7 +25,7 @@ pub struct PlaneOptions {
 }
 
 pub fn spawn(
-    control: Arc<Control>,
+    plane: ControlPlane,
     options: PlaneOptions,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -33,18 +33,19 @@ pub fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("wsgate-control".into())
-        .spawn(move || runtime.block_on(run(control, options)))
+        .spawn(move || runtime.block_on(run(plane, options)))
 }
 
-async fn run(control: Arc<Control>, options: PlaneOptions) {
-    control.restart_health();
+async fn run(plane: ControlPlane, options: PlaneOptions) {
+    let control = plane.handle.clone();
+    tokio::spawn(plane.run());
     if let Some((listener, token)) = options.admin {
         match listener
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(listener))
         {
             Ok(l) => {
-                tokio::spawn(crate::admin::serve(l, control.clone(), token));
+                tokio::spawn(super::admin::serve(l, control.clone(), token));
             }
             Err(e) => tracing::error!(error = %e, "admin API could not start"),
         }
@@ -62,11 +63,9 @@ async fn run(control: Arc<Control>, options: PlaneOptions) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                // Errors are logged and kept in status by reload itself.
-                let _ = control.reload_and_restart_health();
-            }
-            _ = term.recv() => control.shutdown(),
+            // The outcome is logged and kept for status by the task.
+            _ = hup.recv() => control.tell(Command::Reload { reply: None }).await,
+            _ = term.recv() => control.tell(Command::Shutdown).await,
             _ = quit.recv() => {
                 // Upgrade: pingora hands the listening sockets to the new
                 // process, then keeps accepting here for its CLOSE_TIMEOUT
@@ -76,7 +75,7 @@ async fn run(control: Arc<Control>, options: PlaneOptions) {
                 let control = control.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(PINGORA_UPGRADE_CLOSE_TIMEOUT).await;
-                    control.shutdown();
+                    control.tell(Command::Shutdown).await;
                 });
             }
         }
@@ -86,7 +85,7 @@ async fn run(control: Arc<Control>, options: PlaneOptions) {
 /// Reloads when the file's modification time changes. Polling once a
 /// second needs no platform watcher and catches editors that replace the
 /// file instead of writing it in place.
-async fn watch_file(control: Arc<Control>, path: PathBuf) {
+async fn watch_file(control: ControlHandle, path: PathBuf) {
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut last: Option<SystemTime> = mtime(&path);
     loop {
@@ -95,7 +94,7 @@ async fn watch_file(control: Arc<Control>, path: PathBuf) {
         if now.is_some() && now != last {
             last = now;
             tracing::info!(path = %path.display(), "config file changed; reloading");
-            let _ = control.reload_and_restart_health();
+            control.tell(Command::Reload { reply: None }).await;
         }
     }
 }

@@ -32,16 +32,12 @@ use thiserror::Error;
 
 /// Close status codes (RFC 6455 7.4.1 and the IANA registry) the proxy uses.
 pub mod close_code {
-    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED: u16 = 1003;
     /// Payload inconsistent with its type, e.g. a Close reason that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const SERVICE_RESTART: u16 = 1012;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const BAD_GATEWAY: u16 = 1014;
 }
 
@@ -96,13 +92,6 @@ impl Opcode {
     }
 }
 
-impl TryFrom<u8> for Opcode {
-    type Error = FrameError;
-    fn try_from(v: u8) -> Result<Self, FrameError> {
-        Self::from_u8(v)
-    }
-}
-
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -114,13 +103,6 @@ pub struct FrameHeader {
     pub payload_len: u64,
     /// 2 to 14: base, extended length, mask key.
     pub header_len: u8,
-}
-
-impl FrameHeader {
-    /// Header plus payload bytes (saturating; only absurd lengths saturate).
-    pub fn frame_len(&self) -> u64 {
-        self.payload_len.saturating_add(u64::from(self.header_len))
-    }
 }
 
 /// Which side sends the frames a tracker sees. Client frames MUST be masked
@@ -244,27 +226,25 @@ impl FrameTracker {
         }
     }
 
-    /// The side whose frames this tracker sees.
-    pub fn sender(&self) -> Sender {
-        self.sender
-    }
-
     /// True when every byte fed so far ends exactly at the end of a frame (or
     /// nothing was fed yet).
     pub fn at_boundary(&self) -> bool {
         self.seen == 0
     }
 
-    /// Header of the frame whose payload is being passed through: `Some`
+    /// Header of the frame whose payload is being passed through (tests
+    /// observe the tracker through this and the next two): `Some`
     /// from the moment its header is complete until its last payload byte.
     /// `None` at a boundary and while a header is still incomplete, so never
     /// for zero-length frames, which end with their header.
+    #[cfg(test)]
     pub fn current(&self) -> Option<&FrameHeader> {
         (self.seen != 0 && self.seen == self.hdr.header_len).then_some(&self.hdr)
     }
 
     /// Bytes until the next boundary: `Some(0)` at a boundary, the rest of
     /// the payload once a header is complete, `None` mid-header.
+    #[cfg(test)]
     pub fn bytes_to_boundary(&self) -> Option<u64> {
         match self.seen {
             0 => Some(0),
@@ -276,6 +256,7 @@ impl FrameTracker {
     /// True while inside a fragmented data message: from the first header
     /// byte of a Text/Binary frame without FIN up to the first header byte of
     /// the Continuation with FIN. Control frames may be interleaved.
+    #[cfg(test)]
     pub fn in_message(&self) -> bool {
         self.in_message
     }
@@ -449,9 +430,6 @@ pub struct ControlFrame {
     len: u8,
 }
 
-/// What [`encode_close`] returns.
-pub type CloseFrame = ControlFrame;
-
 impl ControlFrame {
     /// The wire bytes.
     pub fn as_bytes(&self) -> &[u8] {
@@ -493,7 +471,7 @@ fn encode_control(opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>) -> Cont
 /// acts as a client there; the caller supplies a fresh random key), `None`
 /// toward a client. The caller picks a code that may be sent (not 1005,
 /// 1006 or 1015); it is not checked.
-pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> CloseFrame {
+pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> ControlFrame {
     let mut reason_len = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(reason_len) {
         reason_len -= 1; // terminates: 0 is always a char boundary
@@ -502,12 +480,6 @@ pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> CloseFram
     payload[..2].copy_from_slice(&code.to_be_bytes());
     payload[2..2 + reason_len].copy_from_slice(&reason.as_bytes()[..reason_len]);
     encode_control(Opcode::Close, &payload[..2 + reason_len], mask)
-}
-
-/// A Ping frame; `payload` beyond 125 bytes is dropped. `mask` as for
-/// [`encode_close`].
-pub fn encode_ping(payload: &[u8], mask: Option<[u8; 4]>) -> ControlFrame {
-    encode_control(Opcode::Ping, payload, mask)
 }
 
 /// Why a Close payload is invalid.
@@ -563,7 +535,7 @@ pub fn parse_close_payload(payload: &[u8]) -> Result<(Option<u16>, &str), CloseP
 
 /// XORs `buf` with the mask `key` (RFC 6455 5.3), `buf` starting `offset`
 /// bytes into the payload, so a payload can be (un)masked in pieces.
-pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let mut k = key;
     k.rotate_left(offset % 4);
     // Whole 4-byte chunks first: the compiler vectorizes this loop.
@@ -1045,13 +1017,18 @@ mod tests {
 
     #[test]
     fn ping_round_trips() {
-        let f = encode_ping(b"12345678", Some(KEY));
+        let f = encode_control(Opcode::Ping, b"12345678", Some(KEY));
         let mut t = FrameTracker::new(Sender::Client, 0);
         assert_eq!(t.advance(f.as_bytes(), false).unwrap().consumed, 14);
         let mut payload = f.as_bytes()[6..].to_vec();
         apply_mask(&mut payload, KEY, 0);
         assert_eq!(payload, b"12345678");
-        assert_eq!(encode_ping(&[7; 300], None).as_bytes().len(), 2 + 125);
+        assert_eq!(
+            encode_control(Opcode::Ping, &[7; 300], None)
+                .as_bytes()
+                .len(),
+            2 + 125
+        );
     }
 
     #[test]

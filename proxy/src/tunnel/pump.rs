@@ -26,61 +26,15 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::bufpool;
-use crate::closesignal::CloseSignal;
-use crate::frame::{close_code, encode_close, FrameTracker, Sender};
+use super::bufpool;
+use super::closesignal::{CloseCause, CloseSignal};
+use super::frame::{encode_close, FrameTracker, Sender};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelConfig {
     pub idle: Duration,
     pub close_timeout: Duration,
     pub max_message_bytes: u64,
-}
-
-/// Why wsgate itself ends a session. Decides the code each side receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseCause {
-    /// The backend connection died without a Close: the client gets 1014.
-    BackendGone,
-    /// The client vanished without a Close: the backend gets 1001.
-    ClientGone,
-    /// No bytes either way for the idle timeout: both get 1001.
-    Idle,
-    /// wsgate is shutting down or upgrading: both get 1001.
-    Shutdown,
-    /// The backend is drained, removed or rebalanced away: the client gets
-    /// this code (1012 by default), the backend 1001.
-    Drain(u16),
-    /// The client broke the framing rules (1002) or a limit (1009).
-    ClientProtocol(u16),
-    /// The backend broke the framing rules: client 1014, backend 1002.
-    BackendProtocol,
-}
-
-impl CloseCause {
-    /// Code and reason for the client, or None when the client is gone.
-    fn to_client(self) -> Option<(u16, &'static str)> {
-        match self {
-            CloseCause::BackendGone => Some((close_code::BAD_GATEWAY, "backend connection lost")),
-            CloseCause::ClientGone => None,
-            CloseCause::Idle => Some((close_code::GOING_AWAY, "idle timeout")),
-            CloseCause::Shutdown => Some((close_code::GOING_AWAY, "proxy shutting down")),
-            CloseCause::Drain(code) => Some((code, "backend draining, please reconnect")),
-            CloseCause::ClientProtocol(code) => Some((code, "invalid frame")),
-            CloseCause::BackendProtocol => {
-                Some((close_code::BAD_GATEWAY, "backend sent an invalid frame"))
-            }
-        }
-    }
-
-    /// Code and reason for the backend, or None when the backend is gone.
-    fn to_backend(self) -> Option<(u16, &'static str)> {
-        match self {
-            CloseCause::BackendGone => None,
-            CloseCause::BackendProtocol => Some((close_code::PROTOCOL_ERROR, "invalid frame")),
-            _ => Some((close_code::GOING_AWAY, "client gone")),
-        }
-    }
 }
 
 /// What happened, for the connection's log line and metrics.

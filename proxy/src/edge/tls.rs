@@ -17,7 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config;
-use crate::route::HostMatch;
+use crate::config::HostMatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -261,7 +261,7 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 let server = server.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut s) = crate::tlsconn::accept(tcp, server).await {
+                    if let Ok(mut s) = crate::edge::tlsconn::accept(tcp, server).await {
                         let _ = s.write_all(b"hi").await;
                         let mut sink = Vec::new();
                         let _ = s.read_to_end(&mut sink).await;

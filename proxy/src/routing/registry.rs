@@ -1,19 +1,21 @@
-//! Live tunnels, grouped by (pool, backend id), each with a small handle
-//! the control plane uses to ask it to close.
+//! Live tunnels, grouped by (pool, backend id), each with the
+//! [`CloseSignal`] the control plane uses to ask it to close.
 //!
-//! The data path touches this twice per WebSocket: once to register when
-//! the tunnel starts and once (on drop of the [`ConnGuard`]) when it ends.
-//! Both are a short lock of one backend's map, never per message. The
-//! control plane reads it to count connections, to pick which connections a
-//! drain or rebalance closes, and to deliver the close through each
-//! connection's `watch` channel, which never blocks.
+//! The data path reaches a backend's [`BackendConns`] through the routing
+//! snapshot (which holds an `Arc` of each), never through the registry's
+//! map. It touches it twice per WebSocket: once to register when the tunnel
+//! starts and once (on drop of the [`ConnGuard`]) when it ends, each a
+//! short lock of that one backend's map, never per message. Per request it
+//! only reads or bumps the backend's passive-failure counter (an atomic).
+//! The control plane reads the map to count connections, to pick which
+//! connections a drain or rebalance closes, and to set their close signals,
+//! which never blocks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::closesignal::CloseSignal;
-use crate::tunnel::CloseCause;
+use crate::tunnel::{CloseCause, CloseSignal};
 
 /// Identifies one backend across config reloads: ids are stable, addresses
 /// and indices are not.
@@ -44,15 +46,74 @@ struct Conn {
 }
 
 /// The live connections of one backend, plus its passive-health counter.
-#[derive(Default)]
 pub struct BackendConns {
+    key: BackendKey,
     conns: Mutex<HashMap<u64, Conn>>,
     count: AtomicUsize,
-    /// Consecutive failed connects or handshakes (reset on success).
-    pub consecutive_failures: AtomicU32,
+    next_id: AtomicU64,
+    /// Consecutive failed connects or handshakes seen by the data path
+    /// (reset by a success, passive or active).
+    consecutive_failures: AtomicU32,
 }
 
 impl BackendConns {
+    fn new(key: BackendKey) -> Self {
+        BackendConns {
+            key,
+            conns: Mutex::new(HashMap::new()),
+            count: AtomicUsize::new(0),
+            next_id: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn key(&self) -> &BackendKey {
+        &self.key
+    }
+
+    /// Registers a tunnel; it is removed when the guard drops. The signal
+    /// carries a cause when the control plane wants this connection closed.
+    pub fn register(self: &Arc<Self>, key_hash: u64) -> (ConnGuard, Arc<CloseSignal>) {
+        let conn_id = self.next_id.fetch_add(1, Relaxed);
+        let signal = Arc::new(CloseSignal::new());
+        self.lock().insert(
+            conn_id,
+            Conn {
+                key_hash,
+                close: signal.clone(),
+            },
+        );
+        self.count.fetch_add(1, Relaxed);
+        (
+            ConnGuard {
+                backend: self.clone(),
+                conn_id,
+            },
+            signal,
+        )
+    }
+
+    /// The data path reached the backend. Reads before it writes, so the
+    /// common case (no failures) leaves the cache line shared.
+    pub fn passive_success(&self) {
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    /// The data path failed to connect or handshake; returns how many
+    /// times in a row.
+    pub fn passive_failure(&self) -> u32 {
+        self.consecutive_failures
+            .fetch_add(1, Relaxed)
+            .saturating_add(1)
+    }
+
+    /// An active probe succeeded: earlier passive failures are forgotten.
+    pub fn reset_failures(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Conn>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (single insert/remove), so a poisoned lock is still usable.
@@ -94,11 +155,25 @@ impl CloseCounters {
         };
         c.fetch_add(1, Relaxed);
     }
+
+    /// Each cause's metric label with its count.
+    pub fn by_cause(&self) -> [(&'static str, u64); 6] {
+        [
+            ("backend_gone", &self.backend_gone),
+            ("client_gone", &self.client_gone),
+            ("idle", &self.idle),
+            ("shutdown", &self.shutdown),
+            ("drain", &self.drain),
+            ("protocol", &self.protocol),
+        ]
+        .map(|(label, n)| (label, n.load(Relaxed)))
+    }
 }
 
+/// Every backend's [`BackendConns`], for the control plane. The data path
+/// gets them from the snapshot instead, so it never takes this map's lock.
 #[derive(Default)]
 pub struct Registry {
-    next_id: AtomicU64,
     backends: Mutex<HashMap<BackendKey, Arc<BackendConns>>>,
     pub closes: CloseCounters,
 }
@@ -109,24 +184,16 @@ impl Registry {
     /// per backend id ever configured).
     pub fn backend(&self, key: &BackendKey) -> Arc<BackendConns> {
         let mut map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key.clone()).or_default().clone()
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(BackendConns::new(key.clone())))
+            .clone()
     }
 
-    /// Registers a tunnel; it is removed when the guard drops. The receiver
-    /// yields a cause when the control plane wants this connection closed.
+    /// Registers a tunnel with `key`'s entry, for tests; the data path
+    /// registers on the entry its snapshot holds.
+    #[cfg(test)]
     pub fn register(&self, key: &BackendKey, key_hash: u64) -> (ConnGuard, Arc<CloseSignal>) {
-        let backend = self.backend(key);
-        let conn_id = self.next_id.fetch_add(1, Relaxed);
-        let signal = Arc::new(CloseSignal::new());
-        backend.lock().insert(
-            conn_id,
-            Conn {
-                key_hash,
-                close: signal.clone(),
-            },
-        );
-        backend.count.fetch_add(1, Relaxed);
-        (ConnGuard { backend, conn_id }, signal)
+        self.backend(key).register(key_hash)
     }
 
     /// Every backend with its connection count, including backends no longer

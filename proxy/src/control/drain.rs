@@ -18,12 +18,12 @@ use rand::Rng;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::registry::{BackendKey, Registry};
+use crate::routing::{BackendKey, Registry};
 use crate::tunnel::CloseCause;
 
 /// Offsets from the start of the drain, ascending. With `max_per_second`
 /// > 0 the window is stretched to at least `n / max_per_second` seconds.
-pub fn schedule(
+pub(super) fn schedule(
     n: usize,
     window: Duration,
     max_per_second: u32,

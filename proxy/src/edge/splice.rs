@@ -17,22 +17,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::closesignal::CloseSignal;
-use crate::control::Control;
-use crate::registry::{BackendKey, ConnGuard};
-use crate::tlsconn::TlsConn;
-use crate::tunnel::{self, Early, Side, TunnelConfig, TunnelReport};
+use super::tlsconn::TlsConn;
+use crate::gateway::{TunnelStart, Upgrade};
+use crate::routing::registry::ConnGuard;
+use crate::routing::Routing;
+use crate::tunnel::{self, CloseSignal, Early, Side, TunnelConfig, TunnelReport};
 
-/// What a tunnel needs besides its two connections.
-pub struct Context {
-    pub control: Arc<Control>,
-    pub backend: BackendKey,
-    pub key_hash: u64,
-    pub cfg: TunnelConfig,
+/// Spawns the task that waits for both upgrades, then the tunnel.
+pub fn spawn(upgrade: Upgrade) {
+    let Upgrade {
+        client,
+        backend,
+        tunnel,
+        span,
+    } = upgrade;
+    tokio::spawn(start(client, backend, tunnel).instrument(span));
 }
 
 /// Waits for both upgrades to complete, then spawns the tunnel.
-pub async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: Context) {
+async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: TunnelStart) {
     let (client, backend) = match tokio::join!(client, backend) {
         (Ok(c), Ok(b)) => (c, b),
         (c, b) => {
@@ -44,14 +47,16 @@ pub async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: Context) {
             return;
         }
     };
-    let (guard, signal) = ctx.control.registry.register(&ctx.backend, ctx.key_hash);
+    let (guard, signal) = ctx.conns.register(ctx.key_hash);
     // The backend may have stopped taking connections between routing and
     // now; such a late arrival is closed at once rather than stranded.
-    if let Some(cause) = ctx.control.close_on_arrival(&ctx.backend, ctx.key_hash) {
+    let now = ctx.routing.snapshot.load();
+    if let Some(cause) = now.close_on_arrival(ctx.conns.key(), ctx.key_hash) {
         signal.request(cause);
     }
+    drop(now);
     let end = End {
-        control: ctx.control,
+        routing: ctx.routing,
         _guard: guard,
         signal,
     };
@@ -62,7 +67,7 @@ pub async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: Context) {
 
 /// Keeps the tunnel registered while it runs, and records how it ended.
 struct End {
-    control: Arc<Control>,
+    routing: Arc<Routing>,
     _guard: ConnGuard,
     signal: Arc<CloseSignal>,
 }
@@ -70,9 +75,16 @@ struct End {
 impl End {
     fn finish(&self, report: TunnelReport) {
         if let Some(cause) = report.cause {
-            self.control.registry.closes.record(cause);
+            self.routing.registry.closes.record(cause);
         }
-        tracing::debug!(?report, "tunnel closed");
+        tracing::debug!(
+            cause = ?report.cause,
+            bytes_to_backend = report.bytes_to_backend,
+            bytes_to_client = report.bytes_to_client,
+            discarded_frames = report.discarded_frames,
+            timed_out = report.timed_out,
+            "tunnel closed"
+        );
     }
 }
 

@@ -16,8 +16,10 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use crate::admin::Status;
+use crate::control::api::{ErrorReply, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,13 +96,34 @@ impl AdminClient {
         Ok(AdminClient { address, token })
     }
 
-    /// One request; returns the parsed JSON (or text for /metrics).
-    pub async fn call(
+    /// One request with a JSON body; the answer parsed as `T`.
+    pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, ClientError> {
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let payload = match body {
+            Some(b) => {
+                serde_json::to_string(b).map_err(|e| ClientError::BadAnswer(e.to_string()))?
+            }
+            None => String::new(),
+        };
+        let text = self.request(method, path, payload).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(format!("{e}: {text}")))
+    }
+
+    /// One request without a body; the answer as text (`status --json`).
+    pub async fn call_text(&self, method: Method, path: &str) -> Result<String, ClientError> {
+        self.request(method, path, String::new()).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        payload: String,
+    ) -> Result<String, ClientError> {
         let unreachable = |message: String| ClientError::Unreachable {
             address: self.address,
             message,
@@ -114,7 +137,6 @@ impl AdminClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -136,22 +158,18 @@ impl AdminClient {
             .map_err(|_| unreachable("answer stalled".into()))?
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        });
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         if status.is_success() {
-            Ok(value)
+            Ok(text)
         } else {
-            let message = value["error"]
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_string);
+            let message = serde_json::from_str::<ErrorReply>(&text)
+                .map_or_else(|_| text.trim().to_string(), |e| e.error);
             Err(ClientError::Api { status, message })
         }
     }
 
     pub async fn status(&self) -> Result<Status, ClientError> {
-        let v = self.call(Method::GET, "/v1/status", None).await?;
-        serde_json::from_value(v).map_err(|e| ClientError::BadAnswer(e.to_string()))
+        self.call(Method::GET, "/v1/status", None::<&()>).await
     }
 
     /// Waits until `pool/id` has no connections left, showing progress.
@@ -227,7 +245,7 @@ pub fn status_table(status: &Status) -> String {
             rows.push([
                 p.name.clone(),
                 b.id.clone(),
-                b.state.clone(),
+                b.state.to_string(),
                 b.connections.to_string(),
                 b.pending_closes.to_string(),
                 b.weight.map_or("-".into(), |w| w.to_string()),

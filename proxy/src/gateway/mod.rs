@@ -1,12 +1,19 @@
 //! Per-request handling: route, check the WebSocket handshake, extract the
 //! sticky key, pick the backend, forward, then either relay the response or
-//! splice the upgraded streams.
+//! hand both upgrades to the edge, which splices them into a tunnel.
 //!
 //! Every failure becomes an HTTP answer with a one-line reason (400, 403,
 //! 404, 426, 502, 503, 504); nothing a client sends can take down anything
-//! but its own request.
+//! but its own request. The gateway reads routing state and reports
+//! backend failures (`crate::routing`); it never waits for the control
+//! plane.
+//!
+//! | module | owns | I/O |
+//! |---|---|---|
+//! | this one | one request from route to response or upgrade | network |
+//! | [`handshake`] | is this an upgrade attempt, and is it a valid one | none |
+//! | [`upstream`] | backend connect and request with timeouts, 502/504 classification | network |
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -19,16 +26,16 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+pub(crate) mod handshake;
+pub(crate) mod upstream;
+
+use hyper::upgrade::OnUpgrade;
+
 use crate::config::{Config, OnMissingKey};
-use crate::control::Control;
-use crate::handshake;
-use crate::registry::BackendKey;
-use crate::ring;
-use crate::route;
-use crate::splice;
-use crate::sticky;
+use crate::routing::registry::BackendConns;
+use crate::routing::{ring, route, sticky, Report, Routing};
 use crate::tunnel::TunnelConfig;
-use crate::upstream::{self, UpstreamTimeouts};
+use upstream::UpstreamTimeouts;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -51,29 +58,53 @@ impl ClientInfo {
     }
 }
 
+/// A completed WebSocket handshake, for the edge to splice once both
+/// upgrades finish.
+pub struct Upgrade {
+    pub client: OnUpgrade,
+    pub backend: OnUpgrade,
+    pub tunnel: TunnelStart,
+    /// The request's span, for the tunnel's log lines.
+    pub span: tracing::Span,
+}
+
+/// What a tunnel needs besides its two connections.
+pub struct TunnelStart {
+    pub routing: Arc<Routing>,
+    /// The backend's registry entry, from the snapshot that routed it.
+    pub conns: Arc<BackendConns>,
+    pub key_hash: u64,
+    pub cfg: TunnelConfig,
+}
+
 /// Shared by every connection of the process.
 pub struct Gateway {
-    pub control: Arc<Control>,
+    routing: Arc<Routing>,
 }
 
 impl Gateway {
+    pub(crate) fn new(routing: Arc<Routing>) -> Self {
+        Gateway { routing }
+    }
+
+    /// The response for `req`, and for a WebSocket the upgrade to splice.
     pub async fn handle(
-        self: Arc<Self>,
-        client: Arc<ClientInfo>,
+        &self,
+        client: &ClientInfo,
         req: Request<Incoming>,
-    ) -> Result<Response<Body>, Infallible> {
-        Ok(match self.route(&client, req).await {
-            Ok(resp) => resp,
-            Err(refusal) => refusal.into_response(),
-        })
+    ) -> (Response<Body>, Option<Upgrade>) {
+        match self.route(client, req).await {
+            Ok(routed) => routed,
+            Err(refusal) => (refusal.into_response(), None),
+        }
     }
 
     async fn route(
         &self,
         client: &ClientInfo,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Body>, Refusal> {
-        let snapshot = self.control.snapshot.load();
+    ) -> Result<(Response<Body>, Option<Upgrade>), Refusal> {
+        let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req);
         let path = req.uri().path();
@@ -106,9 +137,10 @@ impl Gateway {
             None => client.addr.ip().to_string().into_bytes(),
         };
         let key_hash = ring::key_hash(&key);
-        let backend = snapshot
-            .pick(route.pool, key_hash)
+        let choice = snapshot
+            .choose(route.pool, key_hash)
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let backend = choice.backend;
         let span = tracing::debug_span!(
             "request",
             route = route_index,
@@ -124,45 +156,45 @@ impl Gateway {
             connect: config.timeouts.backend_connect,
             response: config.timeouts.backend_response,
         };
-        let backend_key = BackendKey::new(&config.pools[route.pool].name, &backend.id);
         let mut resp = match upstream::send(&backend.address, upstream_req, timeouts)
             .instrument(span.clone())
             .await
         {
             Ok(resp) => {
-                self.control.passive_success(&backend_key);
+                choice.conns.passive_success();
                 resp
             }
             Err(e) => {
                 tracing::warn!(parent: &span, error = %e, "backend request failed");
-                self.control.passive_failure(&backend_key);
+                let consecutive = choice.conns.passive_failure();
+                self.routing.reports.send(Report::PassiveFailure {
+                    backend: choice.conns.key().clone(),
+                    consecutive,
+                });
                 return Err(Refusal::new(e.status(), e.to_string()));
             }
         };
 
         match client_upgrade {
-            Some(client_upgrade) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let backend_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(
-                    splice::start(
-                        client_upgrade,
-                        backend_upgrade,
-                        splice::Context {
-                            control: self.control.clone(),
-                            backend: backend_key,
-                            key_hash,
-                            cfg: tunnel_config(config),
-                        },
-                    )
-                    .instrument(span),
-                );
+            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upgrade = Upgrade {
+                    client,
+                    backend: hyper::upgrade::on(&mut resp),
+                    tunnel: TunnelStart {
+                        routing: self.routing.clone(),
+                        conns: choice.conns.clone(),
+                        key_hash,
+                        cfg: tunnel_config(config),
+                    },
+                    span,
+                };
                 let (parts, _) = resp.into_parts();
-                Ok(Response::from_parts(parts, empty()))
+                Ok((Response::from_parts(parts, empty()), Some(upgrade)))
             }
             _ => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Ok(Response::from_parts(parts, body.boxed()))
+                Ok((Response::from_parts(parts, body.boxed()), None))
             }
         }
     }

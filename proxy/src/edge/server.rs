@@ -32,10 +32,9 @@ use pingora_core::services::listening::Service;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
+use super::tls;
 use crate::config::Config;
-use crate::control::Control;
 use crate::gateway::{ClientInfo, Gateway};
-use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -51,10 +50,6 @@ pub enum ServerError {
     Tls { name: String, source: tls::TlsError },
     #[error("listener `{name}`: port 0 cannot be used with --upgrade (the new process must take over a known port)")]
     UpgradeNeedsPort { name: String },
-    #[error(transparent)]
-    Admin(#[from] crate::admin::AdminError),
-    #[error("cannot start the control thread: {0}")]
-    ControlThread(std::io::Error),
 }
 
 /// Serves one listener's connections.
@@ -72,7 +67,7 @@ impl ServerApp for ListenerApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let tcp = match crate::socket::take_over(&stream) {
+        let tcp = match super::socket::take_over(&stream) {
             Ok(tcp) => tcp,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot take over an accepted connection; dropped");
@@ -94,7 +89,7 @@ impl ServerApp for ListenerApp {
             match &self.tls {
                 None => self.serve(tcp, client, shutdown).await,
                 Some(config) => {
-                    let accept = crate::tlsconn::accept(tcp, config.clone());
+                    let accept = super::tlsconn::accept(tcp, config.clone());
                     match tokio::time::timeout(self.handshake_timeout, accept).await {
                         Ok(Ok(tls)) => self.serve(tls, client, shutdown).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -118,7 +113,14 @@ impl ListenerApp {
         let info = client.clone();
         let service = service_fn(move |req| {
             client.request_seen.store(true, Relaxed);
-            gateway.clone().handle(client.clone(), req)
+            let (gateway, client) = (gateway.clone(), client.clone());
+            async move {
+                let (response, upgrade) = gateway.handle(&client, req).await;
+                if let Some(upgrade) = upgrade {
+                    super::splice::spawn(upgrade);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -225,50 +227,16 @@ pub fn prepare_listeners(
     Ok(out)
 }
 
-/// How `run` was asked to start.
-pub struct RunOptions {
-    /// The config file, for reloads; None when the config came from elsewhere.
-    pub config_path: Option<std::path::PathBuf>,
-    /// Take the listening sockets over from a running wsgate (zero-downtime
-    /// restart): start this, then send the old process SIGQUIT.
-    pub upgrade: bool,
-}
-
-/// Runs wsgate until it is told to stop, then exits the process.
-pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallible, ServerError> {
-    let listeners = prepare_listeners(&config, options.upgrade)?;
-    let admin = match &config.admin {
-        Some(a) => {
-            let token = crate::admin::load_token(a)?;
-            let listener =
-                TcpListener::bind(a.address).map_err(|source| crate::admin::AdminError::Bind {
-                    address: a.address,
-                    source,
-                })?;
-            Some((listener, token))
-        }
-        None => None,
-    };
-    let mut announce = Vec::new();
-    if let Some((listener, _)) = &admin {
-        if let Ok(address) = listener.local_addr() {
-            announce.push((address, format!("wsgate: admin API on http://{address}")));
-        }
-    }
-    let config = Arc::new(config);
-    let control = Control::new(config.clone(), options.config_path.clone());
-    let gateway = Arc::new(Gateway {
-        control: control.clone(),
-    });
-    crate::plane::spawn(
-        control,
-        crate::plane::PlaneOptions {
-            admin,
-            watch: options.config_path,
-        },
-    )
-    .map_err(ServerError::ControlThread)?;
-
+/// Runs pingora's server with one service per listener until the process
+/// is told to stop, then exits. `announce` lines (the admin API's, say) are
+/// printed with the listeners' once each accepts.
+pub fn serve(
+    config: &Config,
+    listeners: Vec<BoundListener>,
+    gateway: Arc<Gateway>,
+    upgrade: bool,
+    mut announce: Vec<(SocketAddr, String)>,
+) -> ! {
     let mut conf = ServerConf {
         threads: config.runtime.threads,
         // On SIGTERM the control plane closes every tunnel with 1001 spread
@@ -289,7 +257,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         .display()
         .to_string();
     let opt = Opt {
-        upgrade: options.upgrade,
+        upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);

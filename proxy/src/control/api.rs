@@ -1,0 +1,137 @@
+//! The admin API's request and response bodies, shared by the server
+//! (`control::admin`) and its client (`cli`), so both sides speak one set
+//! of types and the CLI never indexes raw JSON.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::routing::{BackendState, DownReason};
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pools: Vec<PoolStatus>,
+    pub reload: Option<ReloadOutcome>,
+    pub shutting_down: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// `keep` or `migrate`.
+    pub rebalance: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub id: String,
+    /// None for a removed backend that still has connections.
+    pub address: Option<String>,
+    pub weight: Option<u32>,
+    /// `"state": "active" | "draining" | "down" | "removed"`, and for
+    /// `down` a `"reason"`.
+    #[serde(flatten)]
+    pub state: BackendState,
+    pub connections: usize,
+    pub pending_closes: usize,
+}
+
+/// The outcome of the last reload, for status and `wsgate reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub at_unix: u64,
+    pub error: Option<String>,
+    /// `pool/id` of each backend the reload added or removed.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// `POST /v1/pools/{pool}/backends/{id}/drain`; both fields optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// A duration such as `30s` (default: the pool's `drain.window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+}
+
+/// The answer to a drain or a removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closing {
+    /// `pool/id`.
+    pub backend: String,
+    /// Connections that will get a Close.
+    pub closing: usize,
+}
+
+/// The answer to an undrain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undrained {
+    pub backend: String,
+    /// Closes that had not been sent yet and now will not be.
+    pub cancelled: usize,
+}
+
+/// `PUT /v1/pools/{pool}/backends/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    crate::config::defaults::WEIGHT
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Added {
+    pub backend: String,
+}
+
+/// Every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_state_travels_as_a_name_and_a_reason() {
+        let down = BackendStatus {
+            id: "b1".into(),
+            address: Some("127.0.0.1:9001".into()),
+            weight: Some(1),
+            state: BackendState::Down(DownReason::PassiveFailures { failures: 3 }),
+            connections: 2,
+            pending_closes: 0,
+        };
+        let json = serde_json::to_value(&down).unwrap();
+        assert_eq!(json["state"], "down");
+        assert_eq!(json["reason"]["by"], "passive_failures");
+        assert_eq!(json["reason"]["failures"], 3);
+        assert_eq!(serde_json::from_value::<BackendStatus>(json).unwrap(), down);
+        for state in [
+            BackendState::Active,
+            BackendState::Draining,
+            BackendState::Removed,
+        ] {
+            let b = BackendStatus {
+                state,
+                ..down.clone()
+            };
+            let json = serde_json::to_value(&b).unwrap();
+            assert_eq!(json["state"], state.name());
+            assert!(json.get("reason").is_none(), "{json}");
+            assert_eq!(serde_json::from_value::<BackendStatus>(json).unwrap(), b);
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! What a reload changes: a pure function from the old and the new config
+//! to the list of [`Change`]s the control task applies. An operator's
+//! `backend add` or `backend remove` is applied as the same kind of change,
+//! by the same handler, so a reload and an operator command cannot drift
+//! apart (sozu's `ConfigState::diff` works the same way).
+
+use crate::config::Config;
+use crate::routing::BackendKey;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Drained with the pool's drain policy, its checker stopped.
+    BackendRemoved(BackendKey),
+    /// Same id, another address or weight. The id is what users hash to, so
+    /// nobody moves because of an address; a new address restarts the
+    /// backend's health checker.
+    BackendChanged {
+        backend: BackendKey,
+        address: bool,
+        weight: bool,
+    },
+    /// Checked if the pool has a health check; with `rebalance: migrate`
+    /// the connections whose key now maps to it move there.
+    BackendAdded(BackendKey),
+    /// The pool's health check was added, removed or changed: its checkers
+    /// restart.
+    HealthCheckChanged { pool: String },
+    /// A listener was added, removed or changed (address or TLS).
+    ListenerChanged { name: String },
+    /// Any other section; takes effect with the new snapshot, except what
+    /// [`needs_restart`](Change::needs_restart) says.
+    Setting(&'static str),
+}
+
+impl Change {
+    /// Whether this change waits for a restart (`run --upgrade`) to take
+    /// effect; the reload says so in its notes.
+    pub fn needs_restart(&self) -> bool {
+        matches!(
+            self,
+            Change::ListenerChanged { .. } | Change::Setting("admin" | "runtime")
+        )
+    }
+}
+
+/// Whether a pool present in both configs changed its drain or rebalance
+/// policy (pools that come or go show as their backends).
+fn pool_policies_differ(old: &Config, new: &Config) -> bool {
+    new.pools.iter().any(|p| {
+        old.pool(&p.name)
+            .is_some_and(|o| (o.drain, o.rebalance) != (p.drain, p.rebalance))
+    })
+}
+
+/// Removals first, then changes, then additions, each sorted, so that the
+/// outcome is deterministic and a drain starts before anything else.
+pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
+    let mut removed = Vec::new();
+    let mut changed = Vec::new();
+    let mut added = Vec::new();
+    let mut health = Vec::new();
+    for pool in &old.pools {
+        for b in &pool.backends {
+            if new.backend(&pool.name, &b.id).is_none() {
+                removed.push(Change::BackendRemoved(BackendKey::new(&pool.name, &b.id)));
+            }
+        }
+    }
+    for pool in &new.pools {
+        let old_pool = old.pool(&pool.name);
+        if old_pool.is_some_and(|o| o.health_check != pool.health_check) {
+            health.push(Change::HealthCheckChanged {
+                pool: pool.name.clone(),
+            });
+        }
+        for b in &pool.backends {
+            let key = BackendKey::new(&pool.name, &b.id);
+            match old.backend(&pool.name, &b.id) {
+                None => added.push(Change::BackendAdded(key)),
+                Some(o) if o != b => changed.push(Change::BackendChanged {
+                    backend: key,
+                    address: o.address != b.address,
+                    weight: o.weight != b.weight,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut listeners = Vec::new();
+    for l in &new.listeners {
+        if old.listeners.iter().find(|o| o.name == l.name) != Some(l) {
+            listeners.push(l.name.clone());
+        }
+    }
+    for l in &old.listeners {
+        if !new.listeners.iter().any(|n| n.name == l.name) {
+            listeners.push(l.name.clone());
+        }
+    }
+    listeners.sort();
+    let settings = [
+        ("routes", old.routes != new.routes),
+        ("timeouts", old.timeouts != new.timeouts),
+        ("limits", old.limits != new.limits),
+        ("pool policies", pool_policies_differ(old, new)),
+        ("admin", old.admin != new.admin),
+        ("runtime", old.runtime != new.runtime),
+    ];
+    for list in [&mut removed, &mut changed, &mut added] {
+        list.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    }
+    removed
+        .into_iter()
+        .chain(changed)
+        .chain(added)
+        .chain(health)
+        .chain(
+            listeners
+                .into_iter()
+                .map(|name| Change::ListenerChanged { name }),
+        )
+        .chain(
+            settings
+                .into_iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(name, _)| Change::Setting(name)),
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(pools: &str, extra: &str) -> Config {
+        let src = format!(
+            "listeners: [{{name: a, address: \"127.0.0.1:0\"}}]\nroutes: [{{pool: chat}}]\npools: {{{pools}}}\n{extra}"
+        );
+        Config::from_source(&src, "t.yaml", Path::new(".")).unwrap()
+    }
+
+    fn key(pool: &str, id: &str) -> BackendKey {
+        BackendKey::new(pool, id)
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let c = config("chat: {backends: [{id: b1, address: \"h:1\"}]}", "");
+        assert_eq!(diff(&c, &c.clone()), []);
+    }
+
+    #[test]
+    fn backends_removed_changed_and_added_in_that_order() {
+        let old = config(
+            "chat: {backends: [{id: b1, address: \"h:1\"}, {id: b2, address: \"h:2\"}, {id: b3, address: \"h:3\"}]}",
+            "",
+        );
+        let new = config(
+            "chat: {backends: [{id: b1, address: \"h:1\"}, {id: b3, address: \"h:33\", weight: 2}, {id: b4, address: \"h:4\"}]}",
+            "",
+        );
+        assert_eq!(
+            diff(&old, &new),
+            [
+                Change::BackendRemoved(key("chat", "b2")),
+                Change::BackendChanged {
+                    backend: key("chat", "b3"),
+                    address: true,
+                    weight: true
+                },
+                Change::BackendAdded(key("chat", "b4")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_pool_removes_its_backends_and_a_new_one_adds_them() {
+        let old = config(
+            "chat: {backends: [{id: b1, address: \"h:1\"}]}, old: {backends: [{id: x, address: \"h:9\"}]}",
+            "",
+        );
+        let new = config(
+            "chat: {backends: [{id: b1, address: \"h:1\"}]}, fresh: {backends: [{id: y, address: \"h:8\"}]}",
+            "",
+        );
+        assert_eq!(
+            diff(&old, &new),
+            [
+                Change::BackendRemoved(key("old", "x")),
+                Change::BackendAdded(key("fresh", "y")),
+            ]
+        );
+    }
+
+    #[test]
+    fn health_listener_and_other_settings() {
+        let old = config("chat: {backends: [{id: b1, address: \"h:1\"}]}", "");
+        let new = Config::from_source(
+            "listeners: [{name: a, address: \"127.0.0.1:1\"}, {name: b, address: \"127.0.0.1:2\"}]\n\
+             routes: [{pool: chat, path_prefix: /ws}]\n\
+             pools: {chat: {backends: [{id: b1, address: \"h:1\"}], health_check: {interval: 1s}, drain: {window: 5s}}}\n\
+             timeouts: {idle: 1m}\n",
+            "t.yaml",
+            Path::new("."),
+        )
+        .unwrap();
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes,
+            [
+                Change::HealthCheckChanged {
+                    pool: "chat".into()
+                },
+                Change::ListenerChanged { name: "a".into() },
+                Change::ListenerChanged { name: "b".into() },
+                Change::Setting("routes"),
+                Change::Setting("timeouts"),
+                Change::Setting("pool policies"),
+            ]
+        );
+        let restart: Vec<_> = changes.iter().filter(|c| c.needs_restart()).collect();
+        assert_eq!(restart.len(), 2, "only the listeners wait for a restart");
+    }
+
+    #[test]
+    fn a_certificate_change_is_a_listener_change() {
+        let tls = |cert: &str| {
+            Config::from_source(
+                &format!(
+                    "listeners: [{{name: a, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: {cert}, key: k.pem}}]}}}}]\n\
+                     routes: [{{pool: chat}}]\npools: {{chat: {{backends: [{{id: b1, address: \"h:1\"}}]}}}}\n"
+                ),
+                "t.yaml",
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            diff(&tls("a.pem"), &tls("b.pem")),
+            [Change::ListenerChanged { name: "a".into() }]
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! `/metrics`: the control task's counters and status in the Prometheus
+//! text exposition format. Pure: the admin server asks the task for a
+//! [`Metrics`] value and renders it here.
+
+use std::fmt::Write as _;
+
+use super::api::{BackendStatus, Status};
+
+/// Everything `/metrics` shows, taken from the control task in one message.
+pub(crate) struct Metrics {
+    pub status: Status,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// Data-path reports dropped because the control task's inbox was full.
+    pub reports_dropped: u64,
+    /// Sessions wsgate closed itself, by cause label.
+    pub closes: [(&'static str, u64); 6],
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Writes one gauge family with a sample per backend.
+fn backend_gauge(
+    out: &mut String,
+    status: &Status,
+    name: &str,
+    help: &str,
+    value: impl Fn(&BackendStatus) -> u64,
+) {
+    header(out, name, "gauge", help);
+    for p in &status.pools {
+        for b in &p.backends {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                label(&p.name),
+                label(&b.id),
+                b.state.name(),
+                value(b)
+            );
+        }
+    }
+}
+
+pub(crate) fn render(m: &Metrics) -> String {
+    let mut out = String::new();
+    backend_gauge(
+        &mut out,
+        &m.status,
+        "wsgate_backend_connections",
+        "Live proxied WebSocket connections.",
+        |b| b.connections as u64,
+    );
+    backend_gauge(
+        &mut out,
+        &m.status,
+        "wsgate_backend_pending_closes",
+        "Closes scheduled by a drain and not yet sent.",
+        |b| b.pending_closes as u64,
+    );
+    backend_gauge(
+        &mut out,
+        &m.status,
+        "wsgate_backend_up",
+        "1 if the backend takes new connections.",
+        |b| u64::from(b.state.takes_new_connections()),
+    );
+    header(
+        &mut out,
+        "wsgate_closes_total",
+        "counter",
+        "Sessions wsgate closed itself, by cause.",
+    );
+    for (cause, n) in m.closes {
+        let _ = writeln!(out, "wsgate_closes_total{{cause=\"{cause}\"}} {n}");
+    }
+    header(
+        &mut out,
+        "wsgate_config_reloads_total",
+        "counter",
+        "Config reloads by result.",
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_config_reloads_total{{result=\"ok\"}} {}",
+        m.reloads_ok
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_config_reloads_total{{result=\"error\"}} {}",
+        m.reloads_failed
+    );
+    header(
+        &mut out,
+        "wsgate_control_reports_dropped_total",
+        "counter",
+        "Passive-failure reports the data path dropped because the control plane's inbox was full.",
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_control_reports_dropped_total {}",
+        m.reports_dropped
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::{BackendState, PoolStatus};
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn one_sample_per_backend_and_cause() {
+        let backend = |id: &str, state| BackendStatus {
+            id: id.into(),
+            address: None,
+            weight: None,
+            state,
+            connections: 7,
+            pending_closes: 2,
+        };
+        let m = Metrics {
+            status: Status {
+                pools: vec![PoolStatus {
+                    name: "chat".into(),
+                    rebalance: "keep".into(),
+                    backends: vec![
+                        backend("b1", BackendState::Active),
+                        backend("b2", BackendState::Draining),
+                    ],
+                }],
+                reload: None,
+                shutting_down: false,
+            },
+            reloads_ok: 3,
+            reloads_failed: 1,
+            reports_dropped: 0,
+            closes: [
+                ("drain", 5),
+                ("idle", 0),
+                ("a", 0),
+                ("b", 0),
+                ("c", 0),
+                ("d", 0),
+            ],
+        };
+        let text = render(&m);
+        for line in [
+            "wsgate_backend_connections{pool=\"chat\",backend=\"b1\",state=\"active\"} 7",
+            "wsgate_backend_up{pool=\"chat\",backend=\"b1\",state=\"active\"} 1",
+            "wsgate_backend_up{pool=\"chat\",backend=\"b2\",state=\"draining\"} 0",
+            "wsgate_backend_pending_closes{pool=\"chat\",backend=\"b2\",state=\"draining\"} 2",
+            "wsgate_closes_total{cause=\"drain\"} 5",
+            "wsgate_config_reloads_total{result=\"ok\"} 3",
+            "wsgate_config_reloads_total{result=\"error\"} 1",
+            "wsgate_control_reports_dropped_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+    }
+}

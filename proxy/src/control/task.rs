@@ -1,0 +1,630 @@
+//! The control task: the one owner of control state. It handles one
+//! [`Command`] or data-path [`Report`] at a time, publishes a new routing
+//! snapshot after each change, and starts the close jobs changes call for.
+//! Nothing here is shared or locked; the only way in is a message.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::api::{BackendStatus, PoolStatus, ReloadOutcome, Status};
+use super::diff::{diff, Change};
+use super::drain::{DrainJob, Target};
+use super::health::{Checkers, Streak, Transition};
+use super::metrics::Metrics;
+use super::{Command, ControlError};
+use crate::config::{self, Backend, Config, Rebalance};
+use crate::routing::{BackendKey, BackendState, DownReason, Report, Routing, Snapshot};
+use crate::tunnel::frame::is_valid_close_code;
+use crate::tunnel::CloseCause;
+
+pub(super) struct ControlTask {
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    routing: Arc<Routing>,
+    /// For the health checkers this task starts; weak, so that they do not
+    /// keep the task alive once every handle is gone.
+    to_self: mpsc::WeakSender<Command>,
+    /// Operator drains; kept across reloads for backends that still exist.
+    drained: HashSet<BackendKey>,
+    /// Marked down by active or passive health checks.
+    down: HashMap<BackendKey, DownReason>,
+    streaks: HashMap<BackendKey, Streak>,
+    checkers: Checkers,
+    /// The drain or removal job of each backend.
+    jobs: HashMap<BackendKey, DrainJob>,
+    /// Rebalance and shutdown jobs, which span backends.
+    other_jobs: Vec<DrainJob>,
+    last_reload: Option<ReloadOutcome>,
+    shutting_down: bool,
+    reloads_ok: u64,
+    reloads_failed: u64,
+}
+
+impl ControlTask {
+    pub fn new(
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        routing: Arc<Routing>,
+        to_self: mpsc::WeakSender<Command>,
+    ) -> Self {
+        ControlTask {
+            config,
+            config_path,
+            routing,
+            to_self,
+            drained: HashSet::new(),
+            down: HashMap::new(),
+            streaks: HashMap::new(),
+            checkers: Checkers::default(),
+            jobs: HashMap::new(),
+            other_jobs: Vec::new(),
+            last_reload: None,
+            shutting_down: false,
+            reloads_ok: 0,
+            reloads_failed: 0,
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut reports: mpsc::Receiver<Report>,
+    ) {
+        self.start_all_checkers();
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                Some(report) = reports.recv() => self.on_report(report),
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        // A reply whose asker went away has no one to tell: ignored.
+        match command {
+            Command::Drain {
+                backend,
+                window,
+                close_code,
+                reply,
+            } => {
+                let _ = reply.send(self.drain(&backend, window, close_code));
+            }
+            Command::Undrain { backend, reply } => {
+                let _ = reply.send(self.undrain(&backend));
+            }
+            Command::AddBackend {
+                backend,
+                address,
+                weight,
+                reply,
+            } => {
+                let _ = reply.send(self.add_backend(&backend, address, weight));
+            }
+            Command::RemoveBackend { backend, reply } => {
+                let _ = reply.send(self.remove_backend(&backend));
+            }
+            Command::Reload { reply } => {
+                let outcome = self.reload();
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Command::Shutdown => self.shutdown(),
+            Command::Probe {
+                backend,
+                address,
+                healthy,
+            } => self.on_probe(&backend, &address, healthy),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(Metrics {
+                    status: self.status(),
+                    reloads_ok: self.reloads_ok,
+                    reloads_failed: self.reloads_failed,
+                    reports_dropped: self.routing.reports.dropped(),
+                    closes: self.routing.registry.closes.by_cause(),
+                });
+            }
+        }
+    }
+
+    fn state_of(&self, key: &BackendKey) -> BackendState {
+        if self.config.backend(&key.pool, &key.id).is_none() {
+            BackendState::Removed
+        } else if self.drained.contains(key) {
+            BackendState::Draining
+        } else if let Some(reason) = self.down.get(key) {
+            BackendState::Down(*reason)
+        } else {
+            BackendState::Active
+        }
+    }
+
+    /// Builds and swaps in the snapshot for the current state.
+    fn publish(&self) {
+        let mut snapshot =
+            Snapshot::with_states(self.config.clone(), &self.routing.registry, |pool, id| {
+                self.state_of(&BackendKey::new(pool, id))
+            });
+        snapshot.shutting_down = self.shutting_down;
+        self.routing.snapshot.store(snapshot);
+    }
+
+    fn existing(&self, key: &BackendKey) -> Result<&Backend, ControlError> {
+        let pool = self
+            .config
+            .pool(&key.pool)
+            .ok_or_else(|| ControlError::UnknownPool(key.pool.clone()))?;
+        pool.backends
+            .iter()
+            .find(|b| b.id == key.id)
+            .ok_or_else(|| ControlError::UnknownBackend(key.clone()))
+    }
+
+    fn drain_policy(&self, pool: &str) -> config::Drain {
+        self.config.pool(pool).map(|p| p.drain).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) closing every connection of `key`.
+    fn start_drain_job(&mut self, key: &BackendKey, window: Duration, code: u16) -> usize {
+        if let Some(old) = self.jobs.remove(key) {
+            old.cancel();
+        }
+        let cap = self.drain_policy(&key.pool).max_closes_per_second;
+        let targets: Vec<Target> = self
+            .routing
+            .registry
+            .conns(key)
+            .into_iter()
+            .map(|c| Target {
+                backend: key.clone(),
+                conn_id: c.conn_id,
+            })
+            .collect();
+        let n = targets.len();
+        let job = DrainJob::start(
+            self.routing.registry.clone(),
+            targets,
+            CloseCause::Drain(code),
+            window,
+            cap,
+        );
+        self.jobs.insert(key.clone(), job);
+        n
+    }
+
+    fn drain(
+        &mut self,
+        key: &BackendKey,
+        window: Option<Duration>,
+        code: Option<u16>,
+    ) -> Result<usize, ControlError> {
+        if let Some(c) = code.filter(|c| !is_valid_close_code(*c)) {
+            return Err(ControlError::BadRequest(format!(
+                "{c} is not a close code a server may send"
+            )));
+        }
+        self.existing(key)?;
+        self.drained.insert(key.clone());
+        self.publish();
+        let policy = self.drain_policy(&key.pool);
+        let n = self.start_drain_job(
+            key,
+            window.unwrap_or(policy.window),
+            code.unwrap_or(policy.close_code),
+        );
+        tracing::info!(backend = %key, connections = n, "drain started");
+        Ok(n)
+    }
+
+    fn undrain(&mut self, key: &BackendKey) -> Result<usize, ControlError> {
+        self.existing(key)?;
+        self.drained.remove(key);
+        let cancelled = self.jobs.remove(key).map_or(0, |j| j.cancel());
+        self.publish();
+        self.rebalance_towards(key);
+        tracing::info!(backend = %key, cancelled, "undrained");
+        Ok(cancelled)
+    }
+
+    fn add_backend(
+        &mut self,
+        key: &BackendKey,
+        address: String,
+        weight: u32,
+    ) -> Result<(), ControlError> {
+        match self.existing(key) {
+            Ok(_) => return Err(ControlError::AlreadyExists(key.clone())),
+            Err(ControlError::UnknownBackend(_)) => {}
+            Err(e) => return Err(e),
+        }
+        if !config::valid_backend_id(&key.id) || !config::valid_host_port(&address) {
+            return Err(ControlError::BadRequest(format!(
+                "{}, and the address must be host:port",
+                config::BACKEND_ID_RULE
+            )));
+        }
+        let mut new = (*self.config).clone();
+        if let Some(p) = new.pools.iter_mut().find(|p| p.name == key.pool) {
+            p.backends.push(Backend {
+                id: key.id.clone(),
+                address: address.clone(),
+                weight,
+            });
+        }
+        self.apply(Arc::new(new), &[Change::BackendAdded(key.clone())]);
+        tracing::info!(backend = %key, address, weight, "backend added");
+        Ok(())
+    }
+
+    fn remove_backend(&mut self, key: &BackendKey) -> Result<usize, ControlError> {
+        self.existing(key)?;
+        let mut new = (*self.config).clone();
+        if let Some(p) = new.pools.iter_mut().find(|p| p.name == key.pool) {
+            p.backends.retain(|b| b.id != key.id);
+        }
+        self.apply(Arc::new(new), &[Change::BackendRemoved(key.clone())]);
+        let n = self.jobs.get(key).map_or(0, |j| j.total);
+        tracing::info!(backend = %key, connections = n, "backend removed; draining");
+        Ok(n)
+    }
+
+    /// Makes `new` the config and carries out `changes` (what differs from
+    /// the old one): the one handler behind reloads and runtime backend
+    /// changes alike.
+    fn apply(&mut self, new: Arc<Config>, changes: &[Change]) {
+        let old = std::mem::replace(&mut self.config, new);
+        // Drains and health of backends that no longer exist are forgotten;
+        // the rest, operator drains above all, carry over.
+        let config = self.config.clone();
+        let exists = |k: &BackendKey| config.backend(&k.pool, &k.id).is_some();
+        self.drained.retain(|k| exists(k));
+        self.down.retain(|k, _| exists(k));
+        self.streaks.retain(|k, _| exists(k));
+        self.publish();
+        for change in changes {
+            match change {
+                Change::BackendRemoved(key) => {
+                    self.checkers.stop(key);
+                    // A removed pool's policy is found in the old config.
+                    let policy = config
+                        .pool(&key.pool)
+                        .or_else(|| old.pool(&key.pool))
+                        .map(|p| p.drain)
+                        .unwrap_or_default();
+                    self.start_drain_job(key, policy.window, policy.close_code);
+                }
+                Change::BackendChanged {
+                    backend,
+                    address: true,
+                    ..
+                } => self.start_checker(backend),
+                Change::BackendAdded(key) => {
+                    self.start_checker(key);
+                    self.rebalance_towards(key);
+                }
+                Change::HealthCheckChanged { pool } => {
+                    let keys: Vec<BackendKey> = config
+                        .pool(pool)
+                        .into_iter()
+                        .flat_map(|p| &p.backends)
+                        .map(|b| BackendKey::new(pool, &b.id))
+                        .collect();
+                    for key in keys {
+                        self.streaks.remove(&key);
+                        self.start_checker(&key);
+                    }
+                }
+                Change::BackendChanged { .. }
+                | Change::ListenerChanged { .. }
+                | Change::Setting(_) => {}
+            }
+        }
+    }
+
+    /// Starts the checker of `key` if its pool has a health check, else
+    /// stops any it had.
+    fn start_checker(&mut self, key: &BackendKey) {
+        let check = self
+            .config
+            .pool(&key.pool)
+            .and_then(|p| p.health_check.as_ref());
+        match (check, self.config.backend(&key.pool, &key.id)) {
+            (Some(check), Some(b)) => {
+                self.checkers
+                    .start(key, &b.address, check, self.to_self.clone())
+            }
+            _ => self.checkers.stop(key),
+        }
+    }
+
+    fn start_all_checkers(&mut self) {
+        let keys: Vec<BackendKey> = self
+            .config
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| BackendKey::new(&p.name, &b.id)))
+            .collect();
+        for key in keys {
+            self.start_checker(&key);
+        }
+    }
+
+    fn on_probe(&mut self, key: &BackendKey, address: &str, healthy: bool) {
+        let current = self.config.backend(&key.pool, &key.id);
+        if current.is_none_or(|b| b.address != address) {
+            return;
+        }
+        let Some(check) = self
+            .config
+            .pool(&key.pool)
+            .and_then(|p| p.health_check.clone())
+        else {
+            return;
+        };
+        if healthy {
+            self.routing.registry.backend(key).reset_failures();
+        }
+        let down = self.down.contains_key(key);
+        match self
+            .streaks
+            .entry(key.clone())
+            .or_default()
+            .record(healthy, &check, down)
+        {
+            Some(Transition::Up) => self.set_health(key, None),
+            Some(Transition::Down(failures)) => {
+                self.set_health(key, Some(DownReason::ActiveCheck { failures }))
+            }
+            None => {}
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::PassiveFailure {
+                backend,
+                consecutive,
+            } => {
+                let fall = self
+                    .config
+                    .pool(&backend.pool)
+                    .and_then(|p| p.health_check.as_ref())
+                    .map(|h| h.fall);
+                let known = self.config.backend(&backend.pool, &backend.id).is_some();
+                if known && fall.is_some_and(|fall| consecutive >= fall) {
+                    let reason = DownReason::PassiveFailures {
+                        failures: consecutive,
+                    };
+                    self.set_health(&backend, Some(reason));
+                }
+            }
+        }
+    }
+
+    /// Health transition: `Some(reason)` marks the backend down, `None`
+    /// brings it back.
+    fn set_health(&mut self, key: &BackendKey, down: Option<DownReason>) {
+        let changed = match down {
+            None => self.down.remove(key).is_some(),
+            Some(reason) => self.down.insert(key.clone(), reason).is_none(),
+        };
+        if !changed {
+            return;
+        }
+        self.publish();
+        match down {
+            None => {
+                tracing::info!(backend = %key, "backend is healthy again");
+                self.rebalance_towards(key);
+            }
+            Some(reason) => tracing::warn!(backend = %key, ?reason, "backend marked down"),
+        }
+    }
+
+    /// With `rebalance: migrate`, moves the connections whose key now maps
+    /// to `key` (which just became eligible), paced like a drain.
+    fn rebalance_towards(&mut self, key: &BackendKey) {
+        let Some(pool_index) = self.config.pool_index(&key.pool) else {
+            return;
+        };
+        let pool = &self.config.pools[pool_index];
+        if pool.rebalance != Rebalance::Migrate {
+            return;
+        }
+        let snapshot = self.routing.snapshot.load();
+        let mut targets = Vec::new();
+        for other in pool.backends.iter().filter(|b| b.id != key.id) {
+            let from = BackendKey::new(&key.pool, &other.id);
+            for c in self.routing.registry.conns(&from) {
+                if snapshot
+                    .pick(pool_index, c.key_hash)
+                    .is_ok_and(|b| b.id == key.id)
+                {
+                    targets.push(Target {
+                        backend: from.clone(),
+                        conn_id: c.conn_id,
+                    });
+                }
+            }
+        }
+        if targets.is_empty() {
+            return;
+        }
+        tracing::info!(backend = %key, connections = targets.len(), "rebalancing towards backend");
+        let d = pool.drain;
+        let job = DrainJob::start(
+            self.routing.registry.clone(),
+            targets,
+            CloseCause::Drain(d.close_code),
+            d.window,
+            d.max_closes_per_second,
+        );
+        self.other_jobs.retain(|j| j.pending() > 0);
+        self.other_jobs.push(job);
+    }
+
+    /// Re-reads the config file: parse, validate, diff, apply.
+    fn reload(&mut self) -> Result<ReloadOutcome, ControlError> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or(ControlError::NoConfigFile)?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reloads_failed += 1;
+                self.last_reload = Some(ReloadOutcome {
+                    ok: false,
+                    at_unix: now,
+                    error: Some(e.to_string()),
+                    added: vec![],
+                    removed: vec![],
+                    notes: vec![],
+                });
+                tracing::error!(error = %e, "reload rejected; still serving the previous config");
+                return Err(ControlError::InvalidConfig(e));
+            }
+        };
+        let changes = diff(&self.config, &new);
+        self.apply(Arc::new(new), &changes);
+        let outcome = ReloadOutcome {
+            ok: true,
+            at_unix: now,
+            error: None,
+            added: backends_in(&changes, |c| match c {
+                Change::BackendAdded(k) => Some(k),
+                _ => None,
+            }),
+            removed: backends_in(&changes, |c| match c {
+                Change::BackendRemoved(k) => Some(k),
+                _ => None,
+            }),
+            notes: restart_notes(&changes),
+        };
+        self.last_reload = Some(outcome.clone());
+        self.reloads_ok += 1;
+        tracing::info!(added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
+        Ok(outcome)
+    }
+
+    /// Closes every connection with 1001, spread over the shutdown window.
+    fn shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        // Published before the connections are listed: one that registers
+        // after the listing sees this snapshot and closes on arrival.
+        self.publish();
+        let registry = &self.routing.registry;
+        let targets: Vec<Target> = registry
+            .counts()
+            .into_iter()
+            .flat_map(|(key, _)| {
+                registry.conns(&key).into_iter().map(move |c| Target {
+                    backend: key.clone(),
+                    conn_id: c.conn_id,
+                })
+            })
+            .collect();
+        tracing::info!(
+            connections = targets.len(),
+            "shutting down: closing every connection with 1001"
+        );
+        let job = DrainJob::start(
+            registry.clone(),
+            targets,
+            CloseCause::Shutdown,
+            self.config.runtime.shutdown_window,
+            0,
+        );
+        self.other_jobs.push(job);
+    }
+
+    fn status(&self) -> Status {
+        let registry = &self.routing.registry;
+        let counts = registry.counts();
+        let backend_status = |key: &BackendKey, b: Option<&Backend>, connections| BackendStatus {
+            id: key.id.clone(),
+            address: b.map(|b| b.address.clone()),
+            weight: b.map(|b| b.weight),
+            state: self.state_of(key),
+            connections,
+            pending_closes: self.jobs.get(key).map_or(0, DrainJob::pending),
+        };
+        let pools = self
+            .config
+            .pools
+            .iter()
+            .map(|p| {
+                let mut backends: Vec<BackendStatus> = p
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let key = BackendKey::new(&p.name, &b.id);
+                        let n = registry.count(&key);
+                        backend_status(&key, Some(b), n)
+                    })
+                    .collect();
+                // Removed backends whose connections are still closing.
+                for (key, n) in &counts {
+                    if key.pool == p.name && *n > 0 && p.backends.iter().all(|b| b.id != key.id) {
+                        backends.push(backend_status(key, None, *n));
+                    }
+                }
+                PoolStatus {
+                    name: p.name.clone(),
+                    rebalance: match p.rebalance {
+                        Rebalance::Keep => "keep",
+                        Rebalance::Migrate => "migrate",
+                    }
+                    .to_string(),
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            pools,
+            reload: self.last_reload.clone(),
+            shutting_down: self.shutting_down,
+        }
+    }
+}
+
+fn backends_in(changes: &[Change], pick: impl Fn(&Change) -> Option<&BackendKey>) -> Vec<String> {
+    changes
+        .iter()
+        .filter_map(pick)
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn restart_notes(changes: &[Change]) -> Vec<String> {
+    changes
+        .iter()
+        .filter(|c| c.needs_restart())
+        .map(|c| match c {
+            Change::ListenerChanged { name } => format!(
+                "listener `{name}` changed (address or TLS): restart (`run --upgrade`) to apply it"
+            ),
+            Change::Setting(section) => {
+                format!("`{section}` changed: restart (`run --upgrade`) to apply it")
+            }
+            other => format!("{other:?} needs a restart"),
+        })
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! The edge: accepting connections, TLS, HTTP, and handing upgraded
+//! connections to the tunnel. The outer data path; it reads routing state
+//! through the gateway and never talks to the control task.
+//!
+//! | module | owns | I/O |
+//! |---|---|---|
+//! | [`server`] | pingora services, listener checks, the readiness line, the HTTP/1.1 connection | network |
+//! | [`socket`] | taking an accepted connection out of pingora's stream as a bare `TcpStream` | one `fcntl` |
+//! | [`tls`] | certificate loading, SNI choice, dev certificates, the rustls server config | files |
+//! | [`tlsconn`] | server TLS on rustls' unbuffered API, buffers held only while bytes are in flight | network |
+//! | [`splice`] | after the 101: both sockets back out of hyper, registration, the tunnel's own task | network |
+
+pub(crate) mod server;
+pub(crate) mod socket;
+pub(crate) mod splice;
+pub mod tls;
+pub(crate) mod tlsconn;

@@ -1,0 +1,67 @@
+//! Starting the process: the wiring of the two planes. The config is
+//! loaded and every listener checked before anything is bound for real;
+//! then the control plane starts on its own thread and pingora's server
+//! runs the data path (`edge`) on the worker threads.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::control::{plane, ControlPlane};
+use crate::edge::server::{self, ServerError};
+use crate::gateway::Gateway;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listener(#[from] ServerError),
+    #[error(transparent)]
+    Admin(#[from] crate::control::AdminError),
+    #[error("cannot start the control thread: {0}")]
+    ControlThread(std::io::Error),
+}
+
+/// How `run` was asked to start.
+pub struct RunOptions {
+    /// The config file, for reloads; None when the config came from elsewhere.
+    pub config_path: Option<std::path::PathBuf>,
+    /// Take the listening sockets over from a running wsgate (zero-downtime
+    /// restart): start this, then send the old process SIGQUIT.
+    pub upgrade: bool,
+}
+
+/// Runs wsgate until it is told to stop, then exits the process.
+pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallible, StartError> {
+    let listeners = server::prepare_listeners(&config, options.upgrade)?;
+    let admin = match &config.admin {
+        Some(a) => {
+            let token = crate::control::load_token(a)?;
+            let listener = TcpListener::bind(a.address).map_err(|source| {
+                crate::control::AdminError::Bind {
+                    address: a.address,
+                    source,
+                }
+            })?;
+            Some((listener, token))
+        }
+        None => None,
+    };
+    let mut announce = Vec::new();
+    if let Some((listener, _)) = &admin {
+        if let Ok(address) = listener.local_addr() {
+            announce.push((address, format!("wsgate: admin API on http://{address}")));
+        }
+    }
+    let config = Arc::new(config);
+    let (control, routing) = ControlPlane::new(config.clone(), options.config_path.clone());
+    plane::spawn(
+        control,
+        plane::PlaneOptions {
+            admin,
+            watch: options.config_path,
+        },
+    )
+    .map_err(StartError::ControlThread)?;
+    let gateway = Arc::new(Gateway::new(routing));
+    server::serve(&config, listeners, gateway, options.upgrade, announce)
+}
