@@ -613,9 +613,9 @@ fn write_flushed<'a, W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    /// An idle tunnel's memory is mostly this state machine (DESIGN
-    /// invariant 8). It was 3,168 bytes before the pumps were built in place
-    /// and the close paths boxed, about 1,600 before the arguments went by
+    /// An idle tunnel's memory is mostly this state machine
+    /// (ARCHITECTURE.md, "Performance decisions"). It was 3,168 bytes
+    /// before the pumps were built in place and the close paths boxed, about 1,600 before the arguments went by
     /// reference and the write became one poll loop, and 1,040 before the
     /// early-bytes slots were boxed and `run` and `Pump::run` stopped being
     /// async fns (888 now, which puts the whole plain-ws tunnel task in a
