@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use wsgate_units::DurationSyntax;
 
 use crate::chat::{Settings, Storage};
 
@@ -88,45 +89,8 @@ impl Cli {
     }
 }
 
-/// Parses `500ms`, `25s`, `5m`, `24h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 25s, 5m or 1h"))?;
-    let per_unit = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`: use ms, s, m or h"
-            ))
-        }
-    };
-    n.checked_mul(per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999h").is_err());
-    }
+/// Parses `500ms`, `25s`, `5m`, `24h` (a bare number is seconds): the
+/// workspace's duration rule (`wsgate-units`) with bare seconds allowed.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    DurationSyntax::STRICT.bare_seconds().parse(text)
 }

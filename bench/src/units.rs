@@ -1,37 +1,25 @@
-//! Parsers for command-line values: durations (`500ms`, `10s`, `2m`) and
-//! lists of source addresses (`127.0.0.2-127.0.0.40,127.0.1.1`).
+//! Parsers for command-line values: durations (`500ms`, `10s`, `2m`; the
+//! rule itself is the workspace's `wsgate-units` crate) and lists of source
+//! addresses (`127.0.0.2-127.0.0.40,127.0.1.1`).
 //!
 //! Pure functions, so clap can use them as value parsers and tests can pin
 //! them down.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
+use wsgate_units::DurationSyntax;
 
 /// Most addresses one `--source-ips` range may expand to.
 const MAX_RANGE: u32 = 65_536;
 
-/// Parses `250ms`, `1.5s`, `2m`, `1h` or a bare number of seconds.
+/// Parses `250ms`, `1.5s`, `2m`, `1h` or a bare number of seconds: the
+/// workspace's duration rule (`wsgate-units`) with bare seconds and decimal
+/// fractions allowed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 10s, 2m)"))?;
-    let scale = match unit.trim() {
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{text}`: {e}"))
+    DurationSyntax::STRICT
+        .bare_seconds()
+        .fractions()
+        .parse(text)
 }
 
 /// Source addresses to bind, in the order connections use them.
@@ -74,17 +62,6 @@ pub fn parse_source_ips(text: &str) -> Result<SourceIps, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5 weeks").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn source_ips() {

@@ -1,31 +1,12 @@
 //! Human units in the config file: durations (`500ms`, `10s`, `15m`, `1h`)
-//! and byte sizes (`16384`, `16KiB`, `16MiB`).
+//! and byte sizes (`16384`, `16KiB`, `16MiB`). The duration parser lives in
+//! the `wsgate-units` crate and is re-exported here; sizes are the config
+//! file's own.
 
-use std::time::Duration;
-
-/// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit; write e.g. `10s`, `500ms`, `15m`"))?;
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "unknown unit `{unit}` in `{text}`; use ms, s, m or h"
-            ))
-        }
-    };
-    Ok(d)
-}
+/// Durations follow the workspace's one rule (the `wsgate-units` crate, shared
+/// with chat-backend and wsgate-bench) in its strict form: `<integer><unit>`
+/// with unit one of `ms`, `s`, `m`, `h`; a missing unit is an error.
+pub use wsgate_units::parse_duration;
 
 /// Parses a byte size: a bare integer, or an integer with `B`, `KiB`, `MiB`
 /// or `GiB` (powers of 1024; `KB`/`MB` are accepted as the same, since a
@@ -63,18 +44,6 @@ fn parse_size_str(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("10d").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn sizes() {
