@@ -5,30 +5,9 @@
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use wsgate_tests::{https, raw_ws, read_close_code, STEP};
+use wsgate_tests::{encode_frame, https, raw_ws, read_close_code, STEP};
 
 use crate::cluster::{assert_contiguous, backend, gate, Chatter, Redis};
-
-/// A masked client text frame, for the raw socket.
-fn masked_text(text: &str) -> Vec<u8> {
-    masked_frame(text.as_bytes())
-}
-
-/// A masked client text frame with arbitrary payload bytes.
-fn masked_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    let key: [u8; 4] = rand::random();
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    frame
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_errors_or_close_codes_and_others_carry_on() {
@@ -103,7 +82,7 @@ async fn bad_input_gets_errors_or_close_codes_and_others_carry_on() {
 
     // A text frame that is not UTF-8: 1007.
     let mut raw = raw_ws(&gate, "/ws?user=mangled").await.unwrap();
-    let bad = masked_frame(&[b'{', 0xff, 0xfe, b'}']);
+    let bad = encode_frame(0x1, true, &[b'{', 0xff, 0xfe, b'}'], Some(rand::random()));
     tokio::time::timeout(STEP, raw.write_all(&bad))
         .await
         .unwrap()
@@ -150,7 +129,12 @@ async fn a_client_that_stops_answering_pings_is_closed_and_leaves_presence() {
 
     // A raw socket that joins and then never reads, so never answers a ping.
     let mut ghost = raw_ws(&gate, "/ws?user=ghost").await.unwrap();
-    let join = masked_text(r#"{"type":"join","room":"r"}"#);
+    let join = encode_frame(
+        0x1,
+        true,
+        br#"{"type":"join","room":"r"}"#,
+        Some(rand::random()),
+    );
     tokio::time::timeout(STEP, ghost.write_all(&join))
         .await
         .unwrap()

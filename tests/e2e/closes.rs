@@ -6,16 +6,6 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_tests::*;
 
-fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let key = [7u8, 1, 9, 3];
-    let mut out = vec![first];
-    assert!(payload.len() < 126);
-    out.push(0x80 | payload.len() as u8);
-    out.extend_from_slice(&key);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let b = Backend::start("b1").unwrap();
@@ -39,9 +29,14 @@ async fn sigterm_closes_every_client_with_1001_and_exits_0() {
     for c in &mut clients {
         assert_eq!(read_close_code(c).await.unwrap(), Some(1001));
         // Answer like a well-behaved client so the close handshake completes.
-        c.write_all(&masked_frame(0x88, &1001u16.to_be_bytes()))
-            .await
-            .unwrap();
+        c.write_all(&encode_frame(
+            0x8,
+            true,
+            &1001u16.to_be_bytes(),
+            Some([7, 1, 9, 3]),
+        ))
+        .await
+        .unwrap();
     }
     let code = tokio::task::spawn_blocking(move || gate.proc.wait_exit(STEP))
         .await
@@ -106,7 +101,9 @@ async fn unmasked_client_frame_is_closed_with_1002() {
     hello(&mut bystander).await.unwrap();
     let mut s = raw_ws(&gate, "/echo?user=rude").await.unwrap();
     // A text frame without a mask: forbidden from clients (RFC 6455 5.1).
-    s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    s.write_all(&encode_frame(0x1, true, b"hi", None))
+        .await
+        .unwrap();
     assert_eq!(read_close_code(&mut s).await.unwrap(), Some(1002));
     bystander.send(Message::text("fine")).await.unwrap();
     assert_eq!(next(&mut bystander).await.unwrap(), Message::text("fine"));

@@ -161,37 +161,13 @@ async fn raw_backend(
     (addr, task)
 }
 
-fn frame(opcode: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(m | n as u8),
-        n if n < 65_536 => {
-            out.push(m | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(m | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_frame_bytes_pass_unchanged_both_ways() {
     let mut to_client = Vec::new();
-    to_client.extend(frame(0x1, false, b"frag-one ", None));
-    to_client.extend(frame(0x9, true, b"ping!", None));
-    to_client.extend(frame(0x0, true, &random_bytes(70_000), None));
-    to_client.extend(frame(0x2, true, &[], None));
+    to_client.extend(encode_frame(0x1, false, b"frag-one ", None));
+    to_client.extend(encode_frame(0x9, true, b"ping!", None));
+    to_client.extend(encode_frame(0x0, true, &random_bytes(70_000), None));
+    to_client.extend(encode_frame(0x2, true, &[], None));
     let (addr, backend) = raw_backend(to_client.clone(), false).await;
     let gate = Gate::start(&tls_config(&[("raw", addr, 1)], ""), 1).unwrap();
 
@@ -207,15 +183,25 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
     assert!(String::from_utf8_lossy(&head).contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 
     let mut to_backend = Vec::new();
-    to_backend.extend(frame(0x2, false, &random_bytes(300), Some([1, 2, 3, 4])));
-    to_backend.extend(frame(0xA, true, b"pong", Some([9, 9, 9, 9])));
-    to_backend.extend(frame(
+    to_backend.extend(encode_frame(
+        0x2,
+        false,
+        &random_bytes(300),
+        Some([1, 2, 3, 4]),
+    ));
+    to_backend.extend(encode_frame(0xA, true, b"pong", Some([9, 9, 9, 9])));
+    to_backend.extend(encode_frame(
         0x0,
         true,
         &random_bytes(66_000),
         Some([0xde, 0xad, 0xbe, 0xef]),
     ));
-    to_backend.extend(frame(0x1, true, "héllo".as_bytes(), Some([0, 0, 0, 0])));
+    to_backend.extend(encode_frame(
+        0x1,
+        true,
+        "héllo".as_bytes(),
+        Some([0, 0, 0, 0]),
+    ));
     for chunk in to_backend.chunks(5) {
         s.write_all(chunk).await.unwrap();
     }
@@ -226,7 +212,7 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
         .unwrap();
     assert!(got == to_client, "backend-to-client bytes changed");
     // Our own Close ends the exchange; the backend must see it verbatim too.
-    let close = frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
+    let close = encode_frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
     s.write_all(&close).await.unwrap();
     to_backend.extend(close);
     s.shutdown().await.unwrap();
@@ -245,7 +231,7 @@ async fn raw_frame_bytes_pass_unchanged_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_glued_to_the_handshake_are_forwarded() {
     for tls in [false, true] {
-        let to_client = frame(0x1, true, b"right behind the 101", None);
+        let to_client = encode_frame(0x1, true, b"right behind the 101", None);
         let (addr, backend) = raw_backend(to_client.clone(), true).await;
         let mut yaml = tls_config(&[("raw", addr, 1)], "");
         if !tls {
@@ -254,10 +240,10 @@ async fn frames_glued_to_the_handshake_are_forwarded() {
             yaml.replace_range(..start, plain);
         }
         let gate = Gate::start(&yaml, 1).unwrap();
-        let to_backend = frame(0x2, true, &random_bytes(40), Some([7, 7, 7, 7]));
+        let to_backend = encode_frame(0x2, true, &random_bytes(40), Some([7, 7, 7, 7]));
         let mut request = b"GET /echo?user=x HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
         request.extend_from_slice(&to_backend);
-        let close = frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
+        let close = encode_frame(0x8, true, &1000u16.to_be_bytes(), Some([5, 6, 7, 8]));
         let got = if tls {
             let mut s = tls_stream(&gate).await.unwrap();
             exchange_glued(&mut s, &request, to_client.len(), &close).await

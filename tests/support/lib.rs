@@ -530,6 +530,37 @@ pub async fn raw_ws(gate: &Gate, path: &str) -> Result<tokio_rustls::client::Tls
     Ok(s)
 }
 
+/// Serialises one WebSocket frame (RFC 6455 5.2) with the shortest length
+/// encoding: `opcode` in the low four bits of the first byte (RSV bits
+/// clear), FIN if `fin`, and with `mask` the masking key after the length
+/// and the payload XORed with it (as a client must send). This is the one
+/// frame encoder of the tests; [`read_frame`] is its reading side.
+pub fn encode_frame(opcode: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    assert!(opcode <= 0x0f, "an opcode has four bits, got {opcode:#x}");
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(m | n as u8),
+        n if n < 65_536 => {
+            out.push(m | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(m | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
 /// Reads one unmasked frame (as a server sends): (opcode byte with FIN, payload).
 pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u8, Vec<u8>)> {
     let mut hdr = [0u8; 2];
@@ -657,4 +688,46 @@ pub fn fragment(part: &[u8], i: usize, count: usize) -> tokio_tungstenite::tungs
         opcode,
         i + 1 == count,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_frame;
+
+    /// The examples of RFC 6455 section 5.7, byte for byte.
+    #[test]
+    fn encode_frame_matches_rfc_6455_examples() {
+        assert_eq!(
+            encode_frame(0x1, true, b"Hello", None),
+            [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]
+        );
+        assert_eq!(
+            encode_frame(0x1, true, b"Hello", Some([0x37, 0xfa, 0x21, 0x3d])),
+            [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
+        );
+        assert_eq!(
+            encode_frame(0x1, false, b"Hel", None),
+            [0x01, 0x03, 0x48, 0x65, 0x6c]
+        );
+        assert_eq!(
+            encode_frame(0x0, true, b"lo", None),
+            [0x80, 0x02, 0x6c, 0x6f]
+        );
+        let b256 = encode_frame(0x2, true, &[0; 256], None);
+        assert_eq!(b256[..4], [0x82, 0x7e, 0x01, 0x00]);
+        assert_eq!(b256.len(), 4 + 256);
+        let b64k = encode_frame(0x2, true, &[0; 65_536], None);
+        assert_eq!(b64k[..10], [0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(b64k.len(), 10 + 65_536);
+        // The length-form boundaries.
+        assert_eq!(encode_frame(0x2, true, &[0; 125], None)[1], 125);
+        assert_eq!(
+            encode_frame(0x2, true, &[0; 126], None)[1..4],
+            [126, 0, 126]
+        );
+        assert_eq!(
+            encode_frame(0x2, true, &[0; 65_535], None)[1..4],
+            [126, 0xff, 0xff]
+        );
+    }
 }
