@@ -9,7 +9,8 @@
 //! drains, removals, rebalances and shutdown, starts a paced close job.
 //! The data path only reads what it publishes (`crate::routing`).
 //!
-//! The rules (ARCHITECTURE.md, "Drains are schedules" and "Reload"):
+//! The rules (ARCHITECTURE.md, "The path of a drain" and "The path of a
+//! reload"):
 //! - a draining, down or removed backend gets no new connections, at once;
 //!   its keys fall to their next rendezvous choice and no one else moves;
 //! - its existing connections get their Close spread over the drain window;

@@ -160,14 +160,14 @@ impl ControlTask {
         self.routing.snapshot.store(snapshot);
     }
 
+    /// The backend in the current config, or which half of `pool/id` is
+    /// unknown.
     fn existing(&self, key: &BackendKey) -> Result<&Backend, ControlError> {
-        let pool = self
-            .config
-            .pool(&key.pool)
-            .ok_or_else(|| ControlError::UnknownPool(key.pool.clone()))?;
-        pool.backends
-            .iter()
-            .find(|b| b.id == key.id)
+        if self.config.pool(&key.pool).is_none() {
+            return Err(ControlError::UnknownPool(key.pool.clone()));
+        }
+        self.config
+            .backend(&key.pool, &key.id)
             .ok_or_else(|| ControlError::UnknownBackend(key.clone()))
     }
 
@@ -582,7 +582,8 @@ impl ControlTask {
                     .collect();
                 // Removed backends whose connections are still closing.
                 for (key, n) in &counts {
-                    if key.pool == p.name && *n > 0 && p.backends.iter().all(|b| b.id != key.id) {
+                    let gone = self.config.backend(&key.pool, &key.id).is_none();
+                    if key.pool == p.name && *n > 0 && gone {
                         backends.push(backend_status(key, None, *n));
                     }
                 }
