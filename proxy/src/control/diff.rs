@@ -33,6 +33,16 @@ pub(crate) enum Change {
 }
 
 impl Change {
+    /// The backend a backend change is about.
+    fn backend(&self) -> Option<&BackendKey> {
+        match self {
+            Change::BackendRemoved(key)
+            | Change::BackendAdded(key)
+            | Change::BackendChanged { backend: key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Whether this change waits for a restart (`run --upgrade`) to take
     /// effect; the reload says so in its notes.
     pub fn needs_restart(&self) -> bool {
@@ -107,7 +117,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
         ("runtime", old.runtime != new.runtime),
     ];
     for list in [&mut removed, &mut changed, &mut added] {
-        list.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        list.sort_by(|a, b| a.backend().cmp(&b.backend()));
     }
     removed
         .into_iter()

@@ -62,6 +62,15 @@ fn connect_users(c: &Harness, n: usize) -> Vec<User> {
         .collect()
 }
 
+/// One active probe result, as a checker would send it.
+fn probe(backend: &BackendKey, address: &str, healthy: bool) -> Command {
+    Command::Probe {
+        backend: backend.clone(),
+        address: address.to_string(),
+        healthy,
+    }
+}
+
 fn closed(users: &[User]) -> Vec<&BackendKey> {
     users
         .iter()
@@ -243,20 +252,16 @@ async fn health_down_and_up_from_probes_and_passive_failures() {
     let users = connect_users(&c, 200);
     let b2 = BackendKey::new("chat", "b2");
     let state = || c.routing.snapshot.load().state(0, "b2");
-    let probe = |healthy: bool, address: &str| Command::Probe {
-        backend: b2.clone(),
-        address: address.to_string(),
-        healthy,
-    };
+    let b2_probe = |healthy: bool, address: &str| probe(&b2, address, healthy);
     let addr = "127.0.0.1:9002";
 
     // fall: 2 failed probes in a row mark it down; a success in between resets.
-    c.control.tell(probe(false, addr)).await;
-    c.control.tell(probe(true, addr)).await;
-    c.control.tell(probe(false, addr)).await;
+    c.control.tell(b2_probe(false, addr)).await;
+    c.control.tell(b2_probe(true, addr)).await;
+    c.control.tell(b2_probe(false, addr)).await;
     c.control.status().await.unwrap();
     assert_eq!(state(), Some(BackendState::Active));
-    c.control.tell(probe(false, addr)).await;
+    c.control.tell(b2_probe(false, addr)).await;
     c.control.status().await.unwrap();
     let down = Some(BackendState::Down(DownReason::ActiveCheck { failures: 2 }));
     assert_eq!(state(), down);
@@ -269,10 +274,10 @@ async fn health_down_and_up_from_probes_and_passive_failures() {
 
     // rise: 2 successes bring it back; with migrate, the users who went to
     // b1 meanwhile and whose key maps to b2 move back, and no one else.
-    c.control.tell(probe(true, addr)).await;
+    c.control.tell(b2_probe(true, addr)).await;
     c.control.status().await.unwrap();
     assert_eq!(state(), down);
-    c.control.tell(probe(true, addr)).await;
+    c.control.tell(b2_probe(true, addr)).await;
     c.control.status().await.unwrap();
     assert_eq!(state(), Some(BackendState::Active));
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -312,12 +317,12 @@ async fn health_down_and_up_from_probes_and_passive_failures() {
     std::fs::write(&file, &moved_src).unwrap();
     let outcome = c.control.reload().await.unwrap();
     assert!(outcome.added.is_empty() && outcome.removed.is_empty());
-    c.control.tell(probe(true, addr)).await;
-    c.control.tell(probe(true, addr)).await;
+    c.control.tell(b2_probe(true, addr)).await;
+    c.control.tell(b2_probe(true, addr)).await;
     c.control.status().await.unwrap();
     assert_ne!(state(), Some(BackendState::Active), "stale results ignored");
-    c.control.tell(probe(true, "127.0.0.1:9102")).await;
-    c.control.tell(probe(true, "127.0.0.1:9102")).await;
+    c.control.tell(b2_probe(true, "127.0.0.1:9102")).await;
+    c.control.tell(b2_probe(true, "127.0.0.1:9102")).await;
     let status = c.control.status().await.unwrap();
     assert_eq!(state(), Some(BackendState::Active));
     assert_eq!(status.pools[0].backends[1].state, BackendState::Active);
@@ -337,13 +342,7 @@ async fn added_backends_are_health_checked_and_removed_ones_forgotten() {
         .add_backend(b3.clone(), "127.0.0.1:9003".into(), 1)
         .await
         .unwrap();
-    c.control
-        .tell(Command::Probe {
-            backend: b3.clone(),
-            address: "127.0.0.1:9003".into(),
-            healthy: false,
-        })
-        .await;
+    c.control.tell(probe(&b3, "127.0.0.1:9003", false)).await;
     c.control.status().await.unwrap();
     assert_eq!(
         c.routing.snapshot.load().state(0, "b3"),
@@ -352,13 +351,7 @@ async fn added_backends_are_health_checked_and_removed_ones_forgotten() {
     let b1 = BackendKey::new("chat", "b1");
     let on_b1 = users.iter().filter(|u| u.0 == b1).count();
     assert_eq!(c.control.remove_backend(b1.clone()).await.unwrap(), on_b1);
-    c.control
-        .tell(Command::Probe {
-            backend: b1.clone(),
-            address: "127.0.0.1:9001".into(),
-            healthy: false,
-        })
-        .await;
+    c.control.tell(probe(&b1, "127.0.0.1:9001", false)).await;
     let status = c.control.status().await.unwrap();
     let b1_status = status.pools[0].backends.iter().find(|b| b.id == "b1");
     assert_eq!(b1_status.map(|b| b.state), Some(BackendState::Removed));
