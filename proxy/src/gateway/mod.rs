@@ -24,12 +24,11 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tracing::Instrument;
 
 pub(crate) mod handshake;
 pub(crate) mod upstream;
-
-use hyper::upgrade::OnUpgrade;
 
 use crate::config::{Config, OnMissingKey};
 use crate::routing::registry::BackendConns;
