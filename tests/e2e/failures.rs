@@ -205,3 +205,84 @@ async fn plain_ws_listener_works() {
     assert_eq!(status_of(&resp), Some(200));
     assert!(resp.contains("\"x-forwarded-proto\":\"http\""), "{resp}");
 }
+
+/// Issue 11, item 4: an upgrade request with a body would be forwarded and
+/// read by the backend as WebSocket data the frame tracker never saw;
+/// doubled or missing headers let wsgate and the backend read different
+/// requests. Each gets 400, and the other clients keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_with_a_body_or_ambiguous_headers_are_refused() {
+    let b = Backend::start("b1").unwrap();
+    let gate = Gate::start(&tls_config(&[("b1", b.addr, 1)], ""), 1).unwrap();
+    let mut bystander = wss(&gate, "/echo?user=bystander").await.unwrap();
+    hello(&mut bystander).await.unwrap();
+
+    let up = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    // A masked Text frame "hi", hidden in the body.
+    let frame = encode_frame(0x1, true, b"hi", Some([1, 2, 3, 4]));
+    let mut with_body = format!(
+        "GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}{v13}Content-Length: {}\r\n\r\n",
+        frame.len()
+    )
+    .into_bytes();
+    with_body.extend_from_slice(&frame);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("body with Content-Length", with_body),
+        ("chunked body", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}{v13}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes()),
+        ("two keys", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n{v13}\r\n").into_bytes()),
+        ("two versions", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}{v13}Sec-WebSocket-Version: 8\r\n\r\n").into_bytes()),
+        ("two hosts", format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nHost: admin.internal\r\n{up}{KEY}{v13}\r\n").into_bytes()),
+        ("no host", format!("GET /echo HTTP/1.1\r\n{up}{KEY}{v13}\r\n").into_bytes()),
+        ("absolute URI for another host", format!("GET https://admin.internal/echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}{v13}\r\n").into_bytes()),
+    ];
+    for (name, req) in cases {
+        let mut s = tls_stream(&gate).await.unwrap();
+        let resp = raw_request(&mut s, &req).await.unwrap();
+        assert_eq!(status_of(&resp), Some(400), "{name}: {resp}");
+        echo_works(&mut bystander, name).await;
+    }
+    // `Content-Length: 0` announces no body: still a WebSocket.
+    let mut s = tls_stream(&gate).await.unwrap();
+    let req =
+        format!("GET /echo HTTP/1.1\r\nHost: localhost\r\n{up}{KEY}{v13}Content-Length: 0\r\n\r\n");
+    let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&resp), Some(101), "{resp}");
+}
+
+/// Issue 11, item 4: a backend's 101 must answer the client's key with the
+/// right Sec-WebSocket-Accept and say `Upgrade: websocket`; otherwise
+/// nothing on the other side speaks WebSocket, and the client gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_that_does_not_answer_the_key_is_a_502() {
+    for (name, answer) in [
+        ("wrong accept", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
+        ("no upgrade header", "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
+    ] {
+        // A backend that reads the request head and answers with `answer`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let gate = Gate::start(&tls_config(&[("b1", addr, 1)], ""), 1).unwrap();
+        let mut s = tls_stream(&gate).await.unwrap();
+        let req = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n");
+        let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
+        assert_eq!(status_of(&resp), Some(502), "{name}: {resp}");
+    }
+}

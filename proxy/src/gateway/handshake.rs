@@ -1,4 +1,5 @@
-//! Recognising a WebSocket opening handshake (RFC 6455 section 4.2.1).
+//! Recognising a WebSocket opening handshake (RFC 6455 section 4.2.1), and
+//! checking the backend's answer to it (section 4.2.2).
 //!
 //! Pure: looks only at the request line and headers. A request that carries
 //! any WebSocket header is judged as an upgrade attempt, and a malformed one
@@ -7,11 +8,16 @@
 //! half-handshake.
 
 use base64::Engine;
-use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
+use sha1::{Digest, Sha1};
 
 pub const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
 pub const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
+pub const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
+
+/// Appended to the key before hashing it into the accept value (RFC 6455 1.3).
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// Why a request that tried to be a WebSocket upgrade is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +30,16 @@ pub enum HandshakeError {
     NoUpgradeHeader,
     #[error("`Connection` header must contain `upgrade`")]
     NoConnectionUpgrade,
+    #[error("missing Host header")]
+    MissingHost,
+    /// Two values of a header that must have one: a client could make
+    /// wsgate and the backend read different ones.
+    #[error("more than one {0} header")]
+    Duplicate(&'static str),
+    /// A body on an upgrade request would be forwarded and read by the
+    /// backend as WebSocket data that wsgate's frame tracker never saw.
+    #[error("a WebSocket upgrade request must not have a body")]
+    Body,
     #[error("missing Sec-WebSocket-Key header")]
     MissingKey,
     #[error("Sec-WebSocket-Key must be base64 of 16 bytes")]
@@ -67,6 +83,26 @@ pub fn validate(
     if !header_has_token(headers, CONNECTION.as_str(), "upgrade") {
         return Err(HandshakeError::NoConnectionUpgrade);
     }
+    match headers.get_all(HOST).iter().count() {
+        0 => return Err(HandshakeError::MissingHost),
+        1 => {}
+        _ => return Err(HandshakeError::Duplicate("Host")),
+    }
+    // `Content-Length: 0` announces no body and is harmless; anything else
+    // would put bytes in front of the first frame.
+    let empty = |v: &HeaderValue| v.as_bytes().trim_ascii() == b"0";
+    if headers.contains_key(TRANSFER_ENCODING) || !headers.get_all(CONTENT_LENGTH).iter().all(empty)
+    {
+        return Err(HandshakeError::Body);
+    }
+    for (name, shown) in [
+        (SEC_WEBSOCKET_KEY, "Sec-WebSocket-Key"),
+        (SEC_WEBSOCKET_VERSION, "Sec-WebSocket-Version"),
+    ] {
+        if headers.get_all(name).iter().count() > 1 {
+            return Err(HandshakeError::Duplicate(shown));
+        }
+    }
     let key = headers
         .get(SEC_WEBSOCKET_KEY)
         .ok_or(HandshakeError::MissingKey)?;
@@ -79,6 +115,37 @@ pub fn validate(
     match headers.get(SEC_WEBSOCKET_VERSION) {
         Some(v) if v.as_bytes().trim_ascii() == b"13" => Ok(()),
         _ => Err(HandshakeError::UnsupportedVersion),
+    }
+}
+
+/// The `Sec-WebSocket-Accept` value that answers `key`.
+pub fn accept_value(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.trim_ascii());
+    sha.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Why a backend's 101 does not complete the client's handshake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendHandshakeError {
+    #[error("the backend's 101 has no `Upgrade: websocket`")]
+    NoUpgrade,
+    #[error("the backend's 101 has a wrong or missing Sec-WebSocket-Accept")]
+    BadAccept,
+}
+
+/// Checks a backend's 101 against the client's `key` (RFC 6455 4.2.2): a
+/// backend that answers with anything else did not open a WebSocket, and
+/// the tunnel would be speaking to something that is not one.
+pub fn check_backend_101(key: &[u8], headers: &HeaderMap) -> Result<(), BackendHandshakeError> {
+    if !header_has_token(headers, UPGRADE.as_str(), "websocket") {
+        return Err(BackendHandshakeError::NoUpgrade);
+    }
+    let mut accepts = headers.get_all(SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == accept_value(key).as_bytes() => Ok(()),
+        _ => Err(BackendHandshakeError::BadAccept),
     }
 }
 
@@ -106,6 +173,7 @@ mod tests {
             HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
         );
         h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(HOST, HeaderValue::from_static("server.example.com"));
         h
     }
 
@@ -161,6 +229,64 @@ mod tests {
             Err(HandshakeError::HttpVersion)
         );
         assert_eq!(HandshakeError::MissingKey.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn bodies_duplicates_and_a_missing_host_are_refused() {
+        let mut h = good();
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(check(&h), Err(HandshakeError::Body));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert_eq!(check(&h), Ok(()), "Content-Length: 0 carries no body");
+        h.append(CONTENT_LENGTH, HeaderValue::from_static("7"));
+        assert_eq!(check(&h), Err(HandshakeError::Body));
+        let mut h = good();
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert_eq!(check(&h), Err(HandshakeError::Body));
+        let mut h = good();
+        h.remove(HOST);
+        assert_eq!(check(&h), Err(HandshakeError::MissingHost));
+        for (name, shown) in [
+            (HOST.as_str(), "Host"),
+            (SEC_WEBSOCKET_KEY, "Sec-WebSocket-Key"),
+            (SEC_WEBSOCKET_VERSION, "Sec-WebSocket-Version"),
+        ] {
+            let mut h = good();
+            let first = h[name].clone();
+            h.append(name, first);
+            let e = check(&h).unwrap_err();
+            assert_eq!(e, HandshakeError::Duplicate(shown));
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn the_backends_101_must_answer_the_key() {
+        // The example of RFC 6455 1.3.
+        let key = b"dGhlIHNhbXBsZSBub25jZQ==";
+        assert_eq!(accept_value(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert_eq!(check_backend_101(key, &h), Ok(()));
+        assert_eq!(
+            check_backend_101(b"AQIDBAUGBwgJCgsMDQ4PEA==", &h),
+            Err(BackendHandshakeError::BadAccept)
+        );
+        let mut twice = h.clone();
+        twice.append(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static("x"));
+        assert_eq!(
+            check_backend_101(key, &twice),
+            Err(BackendHandshakeError::BadAccept)
+        );
+        h.remove(UPGRADE);
+        assert_eq!(
+            check_backend_101(key, &h),
+            Err(BackendHandshakeError::NoUpgrade)
+        );
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Gateway {
     ) -> Result<(Response<Body>, Option<Upgrade>), Refusal> {
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
-        let host = request_host(&req);
+        let host = request_host(&req)?;
         let path = req.uri().path();
         let route_index = route::find(&config.routes, &host, path).ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path")
@@ -150,27 +150,38 @@ impl Gateway {
         tracing::debug!(parent: &span, method = %req.method(), path, "routed");
 
         let client_upgrade = is_ws.then(|| hyper::upgrade::on(&mut req));
+        // Validated above: an upgrade attempt has exactly one key.
+        let ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
         let upstream_req = forward_request(req, client, &host, is_ws);
         let timeouts = UpstreamTimeouts {
             connect: config.timeouts.backend_connect,
             response: config.timeouts.backend_response,
         };
-        let mut resp = match upstream::send(&backend.address, upstream_req, timeouts)
+        let answered = upstream::send(&backend.address, upstream_req, timeouts)
             .instrument(span.clone())
             .await
-        {
+            .map_err(|e| Refusal::new(e.status(), e.to_string()))
+            .and_then(|resp| match (&ws_key, resp.status()) {
+                (Some(key), StatusCode::SWITCHING_PROTOCOLS) if is_ws => {
+                    handshake::check_backend_101(key.as_bytes(), resp.headers())
+                        .map(|()| resp)
+                        .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e.to_string()))
+                }
+                _ => Ok(resp),
+            });
+        let mut resp = match answered {
             Ok(resp) => {
                 choice.conns.passive_success();
                 resp
             }
-            Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "backend request failed");
+            Err(refusal) => {
+                tracing::warn!(parent: &span, error = %refusal.reason, "backend request failed");
                 let consecutive = choice.conns.passive_failure();
                 self.routing.reports.send(Report::PassiveFailure {
                     backend: choice.conns.key().clone(),
                     consecutive,
                 });
-                return Err(Refusal::new(e.status(), e.to_string()));
+                return Err(refusal);
             }
         };
 
@@ -208,18 +219,23 @@ fn tunnel_config(config: &Config) -> TunnelConfig {
 }
 
 /// Host from the absolute URI or the Host header, without port, lower-case.
-fn request_host<B>(req: &Request<B>) -> String {
-    req.uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .map(|h| route::normalize_host(&h))
-        .unwrap_or_default()
+/// An absolute-form URI whose host differs from the Host header is refused:
+/// wsgate would route on one name while the backend (which gets the Host
+/// header) serves the other.
+fn request_host<B>(req: &Request<B>) -> Result<String, Refusal> {
+    let header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(route::normalize_host);
+    match (req.uri().host().map(route::normalize_host), header) {
+        (Some(target), Some(header)) if target != header => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "the request target's host differs from the Host header",
+        )),
+        (Some(host), _) | (None, Some(host)) => Ok(host),
+        (None, None) => Ok(String::new()),
+    }
 }
 
 fn check_origin(allowed: Option<&[String]>, headers: &HeaderMap) -> Result<(), Refusal> {
