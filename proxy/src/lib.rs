@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod edge;
 mod gateway;
+mod localfault;
 mod process;
 pub mod routing;
 pub mod tunnel;

@@ -62,6 +62,38 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         },
     )
     .map_err(StartError::ControlThread)?;
+    routing
+        .admission
+        .set_default_max(default_max_connections(config.limits.max_connections));
     let gateway = Arc::new(Gateway::new(routing));
     server::serve(&config, listeners, gateway, options.upgrade, announce)
+}
+
+/// Raises the soft descriptor limit to the hard one and derives the default
+/// `limits.max_connections` from it (`routing::admission`), logging both so
+/// an operator can see what a flood would run into.
+fn default_max_connections(configured: Option<u32>) -> usize {
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    let derived = crate::routing::admission::default_max_connections(nofile);
+    match configured {
+        Some(max) if u64::from(max) * 2 > nofile => tracing::warn!(
+            max_connections = max,
+            nofile,
+            "limits.max_connections needs two descriptors each, more than RLIMIT_NOFILE allows; \
+             clients beyond it will meet EMFILE"
+        ),
+        Some(_) => {}
+        None => tracing::info!(
+            nofile,
+            max_connections = derived,
+            "connection limit from RLIMIT_NOFILE"
+        ),
+    }
+    derived
 }

@@ -26,6 +26,14 @@ pub const SHUTDOWN_WINDOW: Duration = Duration::from_secs(10);
 pub const THREADS: usize = 0;
 /// `runtime.work_stealing`: off, each thread runs its own runtime.
 pub const WORK_STEALING: bool = false;
+/// The longest duration any key takes: a week. Longer values are typos or
+/// attempts to overflow deadline arithmetic (`Instant + 10^17 h` panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// [`MAX_DURATION`] as the config file would write it.
+pub const MAX_DURATION_TEXT: &str = "168h (7 days)";
+/// `limits.max_message_bytes` at most: 1 GiB.
+pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
+
 /// `runtime.upgrade_sock`, in the temporary directory.
 pub const UPGRADE_SOCK_NAME: &str = "wsgate-upgrade.sock";
 
@@ -47,6 +55,8 @@ impl Default for Timeouts {
             backend_response: Duration::from_secs(10),
             idle: Duration::from_secs(15 * 60),
             close: Duration::from_secs(5),
+            body: Duration::from_secs(30),
+            write: Duration::from_secs(30),
         }
     }
 }
@@ -56,6 +66,9 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 16 * 1024,
             max_message_bytes: 64 << 20,
+            max_connections: None,
+            max_connections_per_ip: None,
+            new_connections_per_ip_per_second: None,
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct FileConfig {
     pub runtime: FileRuntime,
     #[serde(default)]
     pub admin: Option<FileAdmin>,
+    /// Peers (CIDR or single addresses) whose forwarding headers are kept.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +45,8 @@ pub struct FileListener {
     pub address: String,
     #[serde(default)]
     pub tls: Option<FileTls>,
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +84,9 @@ pub struct FileRoute {
     pub on_missing_key: Option<String>,
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
+    /// Overrides `timeouts.backend_response` for this route (long-polls).
+    #[serde(default)]
+    pub backend_response: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -96,6 +104,8 @@ pub struct FilePool {
     /// `keep` (default) or `migrate`.
     #[serde(default)]
     pub rebalance: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +135,8 @@ pub struct FileBackend {
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -140,6 +152,8 @@ pub struct FileTimeouts {
     pub backend_response: Option<String>,
     pub idle: Option<String>,
     pub close: Option<String>,
+    pub body: Option<String>,
+    pub write: Option<String>,
 }
 
 /// Sizes are integers (bytes) or strings such as `16KiB`, `16MiB`.
@@ -148,6 +162,9 @@ pub struct FileTimeouts {
 pub struct FileLimits {
     pub max_header_bytes: Option<serde_yaml_ng::Value>,
     pub max_message_bytes: Option<serde_yaml_ng::Value>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+    pub new_connections_per_ip_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -34,6 +34,9 @@ pub struct Config {
     pub limits: Limits,
     pub runtime: Runtime,
     pub admin: Option<Admin>,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are appended to;
+    /// from anyone else these headers are replaced. Empty: trust nobody.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +89,16 @@ pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
     pub tls: Option<Tls>,
+    /// Origins every WebSocket on this listener must come from (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+impl Listener {
+    /// Whether changing from `self` to `new` needs a restart: the socket
+    /// and its TLS do, the Origin policy (read per request) does not.
+    pub fn same_socket(&self, new: &Listener) -> bool {
+        self.name == new.name && self.address == new.address && self.tls == new.tls
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +124,8 @@ pub struct Route {
     pub on_missing_key: OnMissingKey,
     /// `None` accepts any Origin.
     pub allowed_origins: Option<Vec<String>>,
+    /// Overrides `timeouts.backend_response` (e.g. for long-polls).
+    pub backend_response: Option<Duration>,
 }
 
 /// What to do when none of a route's sticky-key sources is present.
@@ -129,6 +144,8 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     pub drain: Drain,
     pub rebalance: Rebalance,
+    /// Origins every WebSocket routed to this pool must come from.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +155,8 @@ pub struct Backend {
     /// `host:port`; a host name is resolved at connect time.
     pub address: String,
     pub weight: u32,
+    /// Live WebSockets this backend takes; beyond it upgrades get 503.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +170,11 @@ pub struct Timeouts {
     pub idle: Duration,
     /// How long to wait for the peer's Close after wsgate sent one.
     pub close: Duration,
+    /// A request body that makes no progress for this long is cut: 408 when
+    /// the client stopped sending, 504 when the backend stopped reading.
+    pub body: Duration,
+    /// A response the client does not read for this long is cut.
+    pub write: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +182,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest WebSocket message (sum of its frames); larger ones close 1009.
     pub max_message_bytes: u64,
+    /// Client connections of the whole process; `None` derives it from
+    /// `RLIMIT_NOFILE` at startup (`edge::limits`).
+    pub max_connections: Option<u32>,
+    /// Client connections from one IP address (`None`: no limit).
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections from one IP address per second, with a burst of
+    /// the same size (`None`: no limit).
+    pub new_connections_per_ip_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +346,7 @@ impl Validator<'_> {
         let timeouts = self.timeouts(f.timeouts);
         let limits = self.limits(f.limits);
         let admin = f.admin.and_then(|a| self.admin(a, base));
+        let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let shutdown_window = self.duration(
             "runtime.shutdown_window",
             f.runtime.shutdown_window,
@@ -337,7 +370,36 @@ impl Validator<'_> {
                 upgrade_sock,
             },
             admin,
+            trusted_proxies,
         }
+    }
+
+    fn trusted_proxies(&mut self, list: &[String]) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, entry) in list.iter().enumerate() {
+            let parsed = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.problem(
+                    &format!("trusted_proxies[{i}]"),
+                    format!("`{entry}` is not an address or CIDR such as 10.0.0.0/8"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn origins(&mut self, path: &str, list: Option<Vec<String>>) -> Option<Vec<String>> {
+        let list = list?;
+        if list.is_empty() {
+            self.problem(
+                path,
+                "an empty list would refuse every WebSocket; omit the key to allow any Origin",
+            );
+        }
+        Some(list)
     }
 
     fn admin(&mut self, a: file::FileAdmin, base: &Path) -> Option<Admin> {
@@ -410,12 +472,13 @@ impl Validator<'_> {
                 d.close_code
             }
         };
+        let window = self.duration(
+            &format!("{path}.drain.window"),
+            p.drain.window.take(),
+            d.window,
+        );
         let drain = Drain {
-            window: self.duration(
-                &format!("{path}.drain.window"),
-                p.drain.window.take(),
-                d.window,
-            ),
+            window,
             close_code,
             max_closes_per_second: p.drain.max_closes_per_second.unwrap_or(0),
         };
@@ -468,10 +531,13 @@ impl Validator<'_> {
                 );
             }
             let tls = l.tls.map(|t| self.tls(t, &format!("{path}.tls"), base));
+            let allowed_origins =
+                self.origins(&format!("{path}.allowed_origins"), l.allowed_origins);
             out.push(Listener {
                 name: l.name,
                 address,
                 tls,
+                allowed_origins,
             });
         }
         out
@@ -540,10 +606,17 @@ impl Validator<'_> {
                         ),
                     );
                 }
+                if b.max_connections == Some(0) {
+                    self.problem(
+                        &format!("{bpath}.max_connections"),
+                        "must be at least 1 (set weight: 0 to send no new users)",
+                    );
+                }
                 backends.push(Backend {
                     id: b.id,
                     address: b.address,
                     weight: b.weight,
+                    max_connections: b.max_connections,
                 });
             }
             if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
@@ -552,12 +625,15 @@ impl Validator<'_> {
                     "every backend has weight 0, so no user can be served",
                 );
             }
+            let allowed_origins =
+                self.origins(&format!("{path}.allowed_origins"), p.allowed_origins);
             out.push(Pool {
                 name,
                 backends,
                 health_check,
                 drain,
                 rebalance,
+                allowed_origins,
             });
         }
         out
@@ -580,6 +656,11 @@ impl Validator<'_> {
             };
             if !r.path_prefix.starts_with('/') {
                 self.problem(&format!("{path}.path_prefix"), "must start with `/`");
+            } else if !normal_prefix(&r.path_prefix) {
+                self.problem(
+                    &format!("{path}.path_prefix"),
+                    "must be a normal path (no `%`, `\\`, `//`, `.` or `..` segments): requests are matched after normalising, so another spelling would never match",
+                );
             }
             let pool = pools.iter().position(|p| p.name == r.pool);
             if pool.is_none() {
@@ -607,13 +688,23 @@ impl Validator<'_> {
                     OnMissingKey::ClientIp
                 }
             };
+            let allowed_origins =
+                self.origins(&format!("{path}.allowed_origins"), r.allowed_origins);
+            let backend_response = r.backend_response.map(|v| {
+                self.duration(
+                    &format!("{path}.backend_response"),
+                    Some(v),
+                    Timeouts::default().backend_response,
+                )
+            });
             out.push(Route {
                 host,
                 path_prefix: r.path_prefix,
                 pool: pool.unwrap_or(0),
                 sticky_key,
                 on_missing_key,
-                allowed_origins: r.allowed_origins,
+                allowed_origins,
+                backend_response,
             });
         }
         out
@@ -622,6 +713,13 @@ impl Validator<'_> {
     fn duration(&mut self, path: &str, value: Option<String>, default: Duration) -> Duration {
         match value.as_deref().map(units::parse_duration) {
             None => default,
+            Some(Ok(d)) if d > defaults::MAX_DURATION => {
+                self.problem(
+                    path,
+                    format!("must be at most {}", defaults::MAX_DURATION_TEXT),
+                );
+                default
+            }
             Some(Ok(d)) if !d.is_zero() => d,
             Some(Ok(_)) => {
                 self.problem(path, "must be greater than zero");
@@ -650,6 +748,8 @@ impl Validator<'_> {
             ),
             idle: self.duration("timeouts.idle", t.idle, d.idle),
             close: self.duration("timeouts.close", t.close, d.close),
+            body: self.duration("timeouts.body", t.body, d.body),
+            write: self.duration("timeouts.write", t.write, d.write),
         }
     }
 
@@ -684,11 +784,50 @@ impl Validator<'_> {
         if !(8192..=1 << 20).contains(&header) {
             self.problem("limits.max_header_bytes", "must be between 8KiB and 1MiB");
         }
+        if !(1..=defaults::MAX_MESSAGE_BYTES).contains(&message) {
+            self.problem(
+                "limits.max_message_bytes",
+                "must be between 1 byte and 1GiB",
+            );
+        }
+        let mut at_least_one = |key: &str, v: Option<u32>| {
+            if v == Some(0) {
+                self.problem(
+                    &format!("limits.{key}"),
+                    "must be at least 1 (omit the key for no limit)",
+                );
+            }
+            v.filter(|&n| n > 0)
+        };
         Limits {
             max_header_bytes: usize::try_from(header).unwrap_or(d.max_header_bytes),
-            max_message_bytes: message,
+            max_message_bytes: message.min(defaults::MAX_MESSAGE_BYTES),
+            max_connections: at_least_one("max_connections", l.max_connections),
+            max_connections_per_ip: at_least_one(
+                "max_connections_per_ip",
+                l.max_connections_per_ip,
+            ),
+            new_connections_per_ip_per_second: at_least_one(
+                "new_connections_per_ip_per_second",
+                l.new_connections_per_ip_per_second,
+            ),
         }
     }
+}
+
+/// A route prefix in the form request paths are matched in
+/// (`routing::path`): a stricter rule than that form, since a prefix has no
+/// reason to hold an escape at all.
+fn normal_prefix(prefix: &str) -> bool {
+    let Some(rest) = prefix.strip_prefix('/') else {
+        return false;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    !prefix.contains(['%', '\\'])
+        && segments
+            .iter()
+            .enumerate()
+            .all(|(i, s)| !matches!(*s, "." | "..") && (!s.is_empty() || i == segments.len() - 1))
 }
 
 pub fn valid_host_port(address: &str) -> bool {

@@ -53,12 +53,23 @@ impl Change {
     }
 }
 
-/// Whether a pool present in both configs changed its drain or rebalance
-/// policy (pools that come or go show as their backends).
+/// Whether a pool present in both configs changed its drain, rebalance or
+/// Origin policy (pools that come or go show as their backends).
 fn pool_policies_differ(old: &Config, new: &Config) -> bool {
     new.pools.iter().any(|p| {
-        old.pool(&p.name)
-            .is_some_and(|o| (o.drain, o.rebalance) != (p.drain, p.rebalance))
+        old.pool(&p.name).is_some_and(|o| {
+            (o.drain, o.rebalance, &o.allowed_origins) != (p.drain, p.rebalance, &p.allowed_origins)
+        })
+    })
+}
+
+/// Whether a listener present in both configs changed its Origin policy,
+/// which (unlike its socket) takes effect without a restart.
+fn listener_policies_differ(old: &Config, new: &Config) -> bool {
+    new.listeners.iter().any(|l| {
+        old.listeners
+            .iter()
+            .any(|o| o.name == l.name && o.allowed_origins != l.allowed_origins)
     })
 }
 
@@ -98,7 +109,11 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
     }
     let mut listeners = Vec::new();
     for l in &new.listeners {
-        if old.listeners.iter().find(|o| o.name == l.name) != Some(l) {
+        if !old
+            .listeners
+            .iter()
+            .any(|o| o.name == l.name && o.same_socket(l))
+        {
             listeners.push(l.name.clone());
         }
     }
@@ -113,6 +128,11 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
         ("timeouts", old.timeouts != new.timeouts),
         ("limits", old.limits != new.limits),
         ("pool policies", pool_policies_differ(old, new)),
+        ("listener policies", listener_policies_differ(old, new)),
+        (
+            "trusted_proxies",
+            old.trusted_proxies != new.trusted_proxies,
+        ),
         ("admin", old.admin != new.admin),
         ("runtime", old.runtime != new.runtime),
     ];

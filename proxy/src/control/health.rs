@@ -23,20 +23,40 @@ use super::Command;
 use crate::config::{HealthCheck, HealthProbe};
 use crate::routing::BackendKey;
 
-/// One probe; true when healthy.
-pub async fn probe(address: &str, probe: &HealthProbe, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, probe_inner(address, probe))
-        .await
-        .unwrap_or(false)
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    Unhealthy,
+    /// wsgate could not even try (out of descriptors or memory): says
+    /// nothing about the backend, so it is not recorded.
+    Inconclusive,
 }
 
-async fn probe_inner(address: &str, probe: &HealthProbe) -> bool {
-    let Ok(mut tcp) = TcpStream::connect(address).await else {
-        return false;
+/// One probe, bounded by `timeout`.
+pub async fn probe(address: &str, probe: &HealthProbe, timeout: Duration) -> Verdict {
+    tokio::time::timeout(timeout, probe_inner(address, probe))
+        .await
+        .unwrap_or(Verdict::Unhealthy)
+}
+
+async fn probe_inner(address: &str, probe: &HealthProbe) -> Verdict {
+    let mut tcp = match TcpStream::connect(address).await {
+        Ok(tcp) => tcp,
+        Err(e) if crate::localfault::is_local_resource_error(&e) => return Verdict::Inconclusive,
+        Err(_) => return Verdict::Unhealthy,
     };
     let HealthProbe::Http(path) = probe else {
-        return true;
+        return Verdict::Healthy;
     };
+    if http_probe(&mut tcp, address, path).await {
+        Verdict::Healthy
+    } else {
+        Verdict::Unhealthy
+    }
+}
+
+async fn http_probe(tcp: &mut TcpStream, address: &str, path: &str) -> bool {
     let req = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: wsgate-health\r\nConnection: close\r\n\r\n");
     if tcp.write_all(req.as_bytes()).await.is_err() {
         return false;
@@ -132,9 +152,21 @@ async fn run_checks(
     check: HealthCheck,
     to_control: mpsc::WeakSender<Command>,
 ) {
+    let mut inconclusive = false;
     loop {
         tokio::time::sleep(check.interval).await;
-        let healthy = probe(&address, &check.probe, check.timeout).await;
+        let healthy = match probe(&address, &check.probe, check.timeout).await {
+            Verdict::Healthy => true,
+            Verdict::Unhealthy => false,
+            Verdict::Inconclusive => {
+                if !inconclusive {
+                    tracing::warn!(%backend, "health probe skipped: wsgate is out of descriptors or memory (not counted against the backend)");
+                }
+                inconclusive = true;
+                continue;
+            }
+        };
+        inconclusive = false;
         let Some(tx) = to_control.upgrade() else {
             return;
         };
@@ -173,17 +205,21 @@ mod tests {
         let ok = server(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
         let bad = server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
         let path = HealthProbe::Http("/healthz".into());
-        assert!(probe(&ok, &path, t).await);
-        assert!(!probe(&bad, &path, t).await);
-        assert!(
+        assert_eq!(probe(&ok, &path, t).await, Verdict::Healthy);
+        assert_eq!(probe(&bad, &path, t).await, Verdict::Unhealthy);
+        assert_eq!(
             probe(&bad, &HealthProbe::Tcp, t).await,
+            Verdict::Healthy,
             "TCP only needs a connect"
         );
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         };
-        assert!(!probe(&closed, &HealthProbe::Tcp, t).await);
+        assert_eq!(
+            probe(&closed, &HealthProbe::Tcp, t).await,
+            Verdict::Unhealthy
+        );
     }
 
     #[test]
@@ -212,6 +248,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let path = HealthProbe::Http("/".into());
-        assert!(!probe(&addr, &path, Duration::from_millis(200)).await);
+        assert_eq!(
+            probe(&addr, &path, Duration::from_millis(200)).await,
+            Verdict::Unhealthy
+        );
     }
 }

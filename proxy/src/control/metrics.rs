@@ -15,6 +15,10 @@ pub(crate) struct Metrics {
     pub reports_dropped: u64,
     /// Sessions wsgate closed itself, by cause label.
     pub closes: [(&'static str, u64); 6],
+    /// Client connections now, and the limit they are admitted under.
+    pub client_connections: (usize, usize),
+    /// Connections and upgrades refused at a limit, by reason label.
+    pub refused: [(&'static str, u64); 4],
 }
 
 fn label(s: &str) -> String {
@@ -110,6 +114,36 @@ pub(crate) fn render(m: &Metrics) -> String {
         "wsgate_control_reports_dropped_total {}",
         m.reports_dropped
     );
+    header(
+        &mut out,
+        "wsgate_client_connections",
+        "gauge",
+        "Client connections open now (plain HTTP and WebSocket).",
+    );
+    let _ = writeln!(out, "wsgate_client_connections {}", m.client_connections.0);
+    header(
+        &mut out,
+        "wsgate_client_connections_limit",
+        "gauge",
+        "limits.max_connections in force (derived from RLIMIT_NOFILE unless set).",
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_client_connections_limit {}",
+        m.client_connections.1
+    );
+    header(
+        &mut out,
+        "wsgate_connections_refused_total",
+        "counter",
+        "Connections closed at accept, and upgrades answered 503, because of a limit.",
+    );
+    for (reason, n) in m.refused {
+        let _ = writeln!(
+            out,
+            "wsgate_connections_refused_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     out
 }
 
@@ -157,6 +191,13 @@ mod tests {
                 ("c", 0),
                 ("d", 0),
             ],
+            client_connections: (3, 448),
+            refused: [
+                ("max_connections", 9),
+                ("per_ip", 0),
+                ("per_ip_rate", 0),
+                ("x", 0),
+            ],
         };
         let text = render(&m);
         for line in [
@@ -168,6 +209,9 @@ mod tests {
             "wsgate_config_reloads_total{result=\"ok\"} 3",
             "wsgate_config_reloads_total{result=\"error\"} 1",
             "wsgate_control_reports_dropped_total 0",
+            "wsgate_client_connections 3",
+            "wsgate_client_connections_limit 448",
+            "wsgate_connections_refused_total{reason=\"max_connections\"} 9",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -133,6 +133,11 @@ impl ControlTask {
                     reloads_failed: self.reloads_failed,
                     reports_dropped: self.routing.reports.dropped(),
                     closes: self.routing.registry.closes.by_cause(),
+                    client_connections: (
+                        self.routing.admission.live(),
+                        self.routing.admission.max_connections(&self.config.limits),
+                    ),
+                    refused: self.routing.admission.refusals(),
                 });
             }
         }
@@ -260,6 +265,7 @@ impl ControlTask {
                 id: key.id.clone(),
                 address: address.clone(),
                 weight,
+                max_connections: None,
             });
         }
         self.apply(Arc::new(new), &[Change::BackendAdded(key.clone())]);

@@ -10,6 +10,16 @@
 //! port 0 so tests can ask for any free port, take each accepted socket out
 //! of its stream wrapper (`socket`), and derive its shutdown grace period
 //! from our close timeout.
+//!
+//! Every accepted connection is admitted first (`routing::admission`: the
+//! process and per-IP limits); one over a limit is closed at once, so a
+//! flood gets a prompt answer instead of a full backlog, and the accept
+//! loop never waits on it. Admitted connections hold their slot until they
+//! end, tunnel included. Plain HTTP connections are bounded at every step:
+//! the request head and the idle time between requests by
+//! `timeouts.handshake`, the request body by `timeouts.body` (in
+//! `gateway::upstream`), and a response the client stops reading by
+//! `timeouts.write` (here, from `gateway::ResponseProgress`).
 
 use std::future::Future;
 use std::io::Write;
@@ -23,9 +33,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::ListenerConfig;
+use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::protocols::Stream;
+use pingora_core::protocols::TcpKeepalive;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::listening::Service;
@@ -54,6 +65,7 @@ pub enum ServerError {
 
 /// Serves one listener's connections.
 struct ListenerApp {
+    name: Arc<str>,
     gateway: Arc<Gateway>,
     tls: Option<Arc<rustls::ServerConfig>>,
     handshake_timeout: Duration,
@@ -82,8 +94,25 @@ impl ServerApp for ListenerApp {
             tracing::debug!("connection without a peer address; dropped");
             return None;
         };
+        let routing = self.gateway.routing();
+        let limits = routing.snapshot.load().config.limits;
+        let slot = match routing
+            .admission
+            .admit(addr.ip(), &limits, std::time::Instant::now())
+        {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(client.addr = %addr, ?refusal, "connection refused at a limit");
+                return None;
+            }
+        };
         let span = tracing::debug_span!("accept", client.addr = %addr);
-        let client = Arc::new(ClientInfo::new(addr, self.tls.is_some()));
+        let client = Arc::new(ClientInfo::new(
+            addr,
+            self.tls.is_some(),
+            self.name.clone(),
+            slot,
+        ));
         let shutdown = shutdown.clone();
         async move {
             match &self.tls {
@@ -122,6 +151,8 @@ impl ListenerApp {
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
+        // hyper's header timer also runs while a kept-alive connection waits
+        // for its next request, so it is the keep-alive idle timeout too.
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(self.handshake_timeout)
@@ -129,11 +160,15 @@ impl ListenerApp {
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(conn);
+        let write_timeout = self.gateway.routing().snapshot.load().config.timeouts.write;
         tokio::select! {
             result = &mut conn => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
+            }
+            () = unread_response(&info, write_timeout) => {
+                tracing::debug!(timeout = ?write_timeout, "client stopped reading the response; closed");
             }
             _ = shutdown.changed() => {
                 // A connection accepted just before the shutdown (during an
@@ -160,6 +195,34 @@ impl ListenerApp {
                 let _ = conn.await;
             }
         }
+    }
+}
+
+/// Resolves once the response in flight on `client`'s connection has made
+/// no progress for `timeout` while its backend had data ready: the client
+/// is not reading. Checked once per `timeout`, so a stall is cut after
+/// between one and two timeouts.
+async fn unread_response(client: &ClientInfo, timeout: Duration) {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = client.response.stall_token();
+        if now.is_some() && now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Keepalive on accepted sockets (set by pingora at accept), so a client
+/// that vanished without a FIN (a phone that lost its network) is found in
+/// about two minutes rather than at the idle timeout.
+fn client_keepalive() -> TcpKeepalive {
+    TcpKeepalive {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(15),
+        count: 4,
+        user_timeout: Duration::ZERO,
     }
 }
 
@@ -269,6 +332,7 @@ pub fn serve(
             format!("wsgate: listener {} on {scheme}://{}", l.name, l.address),
         ));
         let app = ListenerApp {
+            name: Arc::from(l.name.as_str()),
             gateway: gateway.clone(),
             tls: l.tls,
             handshake_timeout: config.timeouts.handshake,
@@ -277,8 +341,12 @@ pub fn serve(
         let mut service = Service::new(format!("listener {}", l.name), app);
         // No pingora-side buffering: idle connections must hold no buffers,
         // and the tunnel flushes every write itself.
+        let mut options = TcpSocketOptions::default();
+        options.tcp_keepalive = Some(client_keepalive());
         service.add_listener(
-            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+            ListenerConfig::tcp(l.address.to_string())
+                .tcp_socket_options(options)
+                .l4_buffer(L4BufferSettings::unbuffered()),
         );
         server.add_service(service);
     }

@@ -57,6 +57,7 @@ async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: TunnelStart) {
     drop(now);
     let end = End {
         routing: ctx.routing,
+        _client: ctx.client,
         _guard: guard,
         signal,
     };
@@ -68,6 +69,8 @@ async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: TunnelStart) {
 /// Keeps the tunnel registered while it runs, and records how it ended.
 struct End {
     routing: Arc<Routing>,
+    /// The client connection's slot under the connection limits.
+    _client: Arc<crate::gateway::ClientInfo>,
     _guard: ConnGuard,
     signal: Arc<CloseSignal>,
 }

@@ -12,27 +12,34 @@
 //! |---|---|---|
 //! | this one | one request from route to response or upgrade | network |
 //! | [`handshake`] | is this an upgrade attempt, and is it a valid one | none |
-//! | [`upstream`] | backend connect and request with timeouts, 502/504 classification | network |
+//! | [`upstream`] | backend connect and request with timeouts, 502/504 classification, what counts against a backend | network |
+//! | [`forwarding`] | hop-by-hop headers, `X-Forwarded-*`/`Forwarded` by trust | none |
+//! | [`response`] | the response body, watched so a client that stops reading is cut | none |
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tracing::Instrument;
 
+mod forwarding;
 pub(crate) mod handshake;
+mod response;
 pub(crate) mod upstream;
 
+pub use response::ResponseProgress;
+
 use crate::config::{Config, OnMissingKey};
+use crate::routing::admission::Slot;
 use crate::routing::registry::BackendConns;
-use crate::routing::{ring, route, sticky, Report, Routing};
+use crate::routing::{path, ring, route, sticky, Report, Routing};
 use crate::tunnel::TunnelConfig;
 use upstream::UpstreamTimeouts;
 
@@ -43,16 +50,26 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The listener's name, for its Origin policy.
+    pub listener: Arc<str>,
     /// A request has arrived on this connection (see `server` on shutdown).
     pub request_seen: AtomicBool,
+    /// The response being written on this connection, for the write timeout.
+    pub response: ResponseProgress,
+    /// This connection's place under the connection limits, held until
+    /// the connection (and its tunnel, which holds this struct) ends.
+    _slot: Slot,
 }
 
 impl ClientInfo {
-    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+    pub fn new(addr: SocketAddr, tls: bool, listener: Arc<str>, slot: Slot) -> Self {
         ClientInfo {
             addr,
             tls,
+            listener,
             request_seen: AtomicBool::new(false),
+            response: ResponseProgress::default(),
+            _slot: slot,
         }
     }
 }
@@ -74,6 +91,8 @@ pub struct TunnelStart {
     pub conns: Arc<BackendConns>,
     pub key_hash: u64,
     pub cfg: TunnelConfig,
+    /// Keeps the client's connection slot until the tunnel ends.
+    pub client: Arc<ClientInfo>,
 }
 
 /// Shared by every connection of the process.
@@ -86,10 +105,15 @@ impl Gateway {
         Gateway { routing }
     }
 
+    /// The routing state, for the edge's admission at accept.
+    pub(crate) fn routing(&self) -> &Arc<Routing> {
+        &self.routing
+    }
+
     /// The response for `req`, and for a WebSocket the upgrade to splice.
     pub async fn handle(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         req: Request<Incoming>,
     ) -> (Response<Body>, Option<Upgrade>) {
         match self.route(client, req).await {
@@ -100,17 +124,23 @@ impl Gateway {
 
     async fn route(
         &self,
-        client: &ClientInfo,
+        client: &Arc<ClientInfo>,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Body>, Option<Upgrade>), Refusal> {
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req)?;
-        let path = req.uri().path();
-        let route_index = route::find(&config.routes, &host, path).ok_or_else(|| {
+        let path = path::normalize(req.uri().path())
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let route_index = route::find(&config.routes, &host, &path).ok_or_else(|| {
             Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path")
         })?;
         let route = &config.routes[route_index];
+        // Forwarded as matched, so the backend serves what was routed.
+        let normalized = match path {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
 
         let is_ws = handshake::is_upgrade_attempt(req.headers());
         if is_ws {
@@ -119,9 +149,24 @@ impl Gateway {
                     status: e.status(),
                     reason: e.to_string(),
                     version_hint: e == handshake::HandshakeError::UnsupportedVersion,
+                    retry_after: None,
                 }
             })?;
-            check_origin(route.allowed_origins.as_deref(), req.headers())?;
+            let listener = config
+                .listeners
+                .iter()
+                .find(|l| *l.name == *client.listener);
+            let policies = [
+                route.allowed_origins.as_deref(),
+                config
+                    .pools
+                    .get(route.pool)
+                    .and_then(|p| p.allowed_origins.as_deref()),
+                listener.and_then(|l| l.allowed_origins.as_deref()),
+            ];
+            for allowed in policies {
+                check_origin(allowed, req.headers())?;
+            }
         }
 
         let key = match sticky::extract(&route.sticky_key, req.uri().query(), req.headers()) {
@@ -140,6 +185,24 @@ impl Gateway {
             .choose(route.pool, key_hash)
             .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let backend = choice.backend;
+        if let Some(max) = backend.max_connections.filter(|_| is_ws) {
+            if choice.conns.count() >= max as usize {
+                self.routing
+                    .admission
+                    .refused_backend
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Refusal {
+                    retry_after: Some(RETRY_AFTER_SECONDS),
+                    ..Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "backend {} is at its limit of {max} connections",
+                            backend.id
+                        ),
+                    )
+                });
+            }
+        }
         let span = tracing::debug_span!(
             "request",
             route = route_index,
@@ -147,25 +210,43 @@ impl Gateway {
             key_hash = format_args!("{key_hash:016x}"),
             ws = is_ws,
         );
-        tracing::debug!(parent: &span, method = %req.method(), path, "routed");
+        tracing::debug!(parent: &span, method = %req.method(), path = req.uri().path(), "routed");
 
         let client_upgrade = is_ws.then(|| hyper::upgrade::on(&mut req));
         // Validated above: an upgrade attempt has exactly one key.
         let ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
-        let upstream_req = forward_request(req, client, &host, is_ws);
+        let trusted = forwarding::is_trusted(&config.trusted_proxies, client.addr.ip());
+        let upstream_req = forwarding::request(
+            req,
+            forwarding::Hop {
+                client: client.addr.ip(),
+                tls: client.tls,
+                host: &host,
+                trusted,
+            },
+            normalized.as_deref(),
+            is_ws,
+        );
         let timeouts = UpstreamTimeouts {
             connect: config.timeouts.backend_connect,
-            response: config.timeouts.backend_response,
+            response: route
+                .backend_response
+                .unwrap_or(config.timeouts.backend_response),
+            body: config.timeouts.body,
         };
+        // (refusal, whether the backend is to blame)
         let answered = upstream::send(&backend.address, upstream_req, timeouts)
             .instrument(span.clone())
             .await
-            .map_err(|e| Refusal::new(e.status(), e.to_string()))
+            .map_err(|e| {
+                let blame = e.counts_against_backend();
+                (Refusal::new(e.status(), e.to_string()), blame)
+            })
             .and_then(|resp| match (&ws_key, resp.status()) {
                 (Some(key), StatusCode::SWITCHING_PROTOCOLS) if is_ws => {
                     handshake::check_backend_101(key.as_bytes(), resp.headers())
                         .map(|()| resp)
-                        .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, e.to_string()))
+                        .map_err(|e| (Refusal::new(StatusCode::BAD_GATEWAY, e.to_string()), true))
                 }
                 _ => Ok(resp),
             });
@@ -174,7 +255,11 @@ impl Gateway {
                 choice.conns.passive_success();
                 resp
             }
-            Err(refusal) => {
+            Err((refusal, false)) => {
+                tracing::debug!(parent: &span, error = %refusal.reason, "request failed, not by the backend");
+                return Err(refusal);
+            }
+            Err((refusal, true)) => {
                 tracing::warn!(parent: &span, error = %refusal.reason, "backend request failed");
                 let consecutive = choice.conns.passive_failure();
                 self.routing.reports.send(Report::PassiveFailure {
@@ -186,15 +271,16 @@ impl Gateway {
         };
 
         match client_upgrade {
-            Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upgrade = Upgrade {
-                    client,
+                    client: client_side,
                     backend: hyper::upgrade::on(&mut resp),
                     tunnel: TunnelStart {
                         routing: self.routing.clone(),
                         conns: choice.conns.clone(),
                         key_hash,
                         cfg: tunnel_config(config),
+                        client: client.clone(),
                     },
                     span,
                 };
@@ -203,7 +289,8 @@ impl Gateway {
             }
             _ => {
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                forwarding::strip_hop_by_hop(&mut parts.headers);
+                let body = response::WatchedBody::new(body, client.clone());
                 Ok((Response::from_parts(parts, body.boxed()), None))
             }
         }
@@ -249,108 +336,15 @@ fn check_origin(allowed: Option<&[String]>, headers: &HeaderMap) -> Result<(), R
     }
 }
 
-/// Builds the request to the backend: origin-form URI, HTTP/1.1, no
-/// hop-by-hop headers (but the upgrade pair again for WebSockets; the
-/// Sec-WebSocket-* headers pass untouched), and the forwarding headers.
-fn forward_request(
-    req: Request<Incoming>,
-    client: &ClientInfo,
-    host: &str,
-    is_ws: bool,
-) -> Request<Incoming> {
-    let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(header::HOST) && !host.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    if is_ws {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
-    add_forwarding(&mut parts.headers, client, host);
-    Request::from_parts(parts, body)
-}
-
-fn add_forwarding(headers: &mut HeaderMap, client: &ClientInfo, host: &str) {
-    let ip = client.addr.ip();
-    let proto = if client.tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-    {
-        forwarded.push_str(&format!(";host=\"{host}\""));
-    }
-    if let Some(prev) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        forwarded = format!("{prev}, {forwarded}");
-    }
-    for (name, value) in [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_string()),
-        ("forwarded", forwarded),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    }
-}
-
-/// Removes headers that describe one hop only (RFC 9110 7.6.1), including
-/// any named in `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
-}
-
 fn empty() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed()
 }
+
+/// `Retry-After` on a 503 for a backend at its connection limit: long
+/// enough for a reconnecting crowd to spread out, short enough for a user.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// A request wsgate answers itself.
 #[derive(Debug)]
@@ -359,6 +353,8 @@ struct Refusal {
     reason: String,
     /// Add `Sec-WebSocket-Version: 13` (RFC 6455 4.4).
     version_hint: bool,
+    /// Add `Retry-After` with this many seconds.
+    retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -367,6 +363,7 @@ impl Refusal {
             status,
             reason: reason.into(),
             version_hint: false,
+            retry_after: None,
         }
     }
 
@@ -381,6 +378,9 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Some(seconds) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.version_hint {
             h.insert(
                 handshake::SEC_WEBSOCKET_VERSION,
@@ -394,35 +394,6 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_tokens_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("sec-websocket-key", HeaderValue::from_static("k"));
-        strip_hop_by_hop(&mut h);
-        assert!(h.get("x-secret").is_none() && h.get(header::UPGRADE).is_none());
-        assert!(h.get("sec-websocket-key").is_some());
-    }
-
-    #[test]
-    fn forwarding_headers_append() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let c = ClientInfo::new("[::1]:5000".parse().unwrap(), true);
-        add_forwarding(&mut h, &c, "localhost");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(
-            h["forwarded"],
-            "for=\"[::1]\";proto=https;host=\"localhost\""
-        );
-    }
 
     #[test]
     fn origin_policy() {

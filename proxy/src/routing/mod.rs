@@ -6,6 +6,8 @@
 //! | module | owns | I/O |
 //! |---|---|---|
 //! | [`ring`] | weighted rendezvous hashing over backend ids, xxh3 with fixed seeds, integer-only | none |
+//! | [`admission`] | live client connections against the process and per-IP limits; refusals | none |
+//! | [`path`] | the normal form of a request path, or why it has none | none |
 //! | [`route`] | host and path-prefix matching | none |
 //! | [`sticky`] | extracting the user key from query, header or cookie | none |
 //! | [`snapshot`] | the one immutable routing state, swapped atomically; [`BackendState`] | none |
@@ -14,6 +16,8 @@
 
 use std::sync::Arc;
 
+pub(crate) mod admission;
+pub mod path;
 pub(crate) mod registry;
 pub(crate) mod reports;
 pub mod ring;
@@ -32,6 +36,7 @@ pub(crate) struct Routing {
     pub snapshot: SharedSnapshot,
     pub registry: Arc<Registry>,
     pub reports: Reporter,
+    pub admission: Arc<admission::Admission>,
 }
 
 impl Routing {
@@ -42,6 +47,7 @@ impl Routing {
             snapshot: SharedSnapshot::new(Snapshot::new(config, &registry)),
             registry,
             reports,
+            admission: Arc::default(),
         }
     }
 }

@@ -151,7 +151,7 @@ impl CloseCounters {
             CloseCause::Idle => &self.idle,
             CloseCause::Shutdown => &self.shutdown,
             CloseCause::Drain(_) => &self.drain,
-            CloseCause::ClientProtocol(_) | CloseCause::BackendProtocol => &self.protocol,
+            CloseCause::ClientProtocol(_) | CloseCause::BackendProtocol(_) => &self.protocol,
         };
         c.fetch_add(1, Relaxed);
     }

@@ -39,6 +39,7 @@ mod tests {
             sticky_key: vec![],
             on_missing_key: OnMissingKey::ClientIp,
             allowed_origins: None,
+            backend_response: None,
         }
     }
 

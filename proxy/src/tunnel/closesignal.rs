@@ -34,8 +34,10 @@ pub enum CloseCause {
     Drain(u16),
     /// The client broke the framing rules (1002) or a limit (1009).
     ClientProtocol(u16),
-    /// The backend broke the framing rules: client 1014, backend 1002.
-    BackendProtocol,
+    /// The backend broke the framing rules (1002) or sent a message over
+    /// the limit (1009). The backend gets that code; the client gets 1009
+    /// for a message too big (as it would for its own), else 1014.
+    BackendProtocol(u16),
 }
 
 impl CloseCause {
@@ -48,7 +50,10 @@ impl CloseCause {
             CloseCause::Shutdown => Some((close_code::GOING_AWAY, "proxy shutting down")),
             CloseCause::Drain(code) => Some((code, "backend draining, please reconnect")),
             CloseCause::ClientProtocol(code) => Some((code, "invalid frame")),
-            CloseCause::BackendProtocol => {
+            CloseCause::BackendProtocol(close_code::TOO_BIG) => {
+                Some((close_code::TOO_BIG, "backend message too big"))
+            }
+            CloseCause::BackendProtocol(_) => {
                 Some((close_code::BAD_GATEWAY, "backend sent an invalid frame"))
             }
         }
@@ -58,7 +63,10 @@ impl CloseCause {
     pub(crate) fn to_backend(self) -> Option<(u16, &'static str)> {
         match self {
             CloseCause::BackendGone => None,
-            CloseCause::BackendProtocol => Some((close_code::PROTOCOL_ERROR, "invalid frame")),
+            CloseCause::BackendProtocol(close_code::TOO_BIG) => {
+                Some((close_code::TOO_BIG, "message too big"))
+            }
+            CloseCause::BackendProtocol(_) => Some((close_code::PROTOCOL_ERROR, "invalid frame")),
             _ => Some((close_code::GOING_AWAY, "client gone")),
         }
     }
@@ -118,7 +126,7 @@ fn encode(cause: CloseCause) -> u32 {
         CloseCause::Shutdown => (4, 0),
         CloseCause::Drain(code) => (5, code),
         CloseCause::ClientProtocol(code) => (6, code),
-        CloseCause::BackendProtocol => (7, 0),
+        CloseCause::BackendProtocol(code) => (7, code),
     };
     (kind << 16) | u32::from(code)
 }
@@ -132,7 +140,7 @@ fn decode(word: u32) -> Option<CloseCause> {
         4 => CloseCause::Shutdown,
         5 => CloseCause::Drain(code),
         6 => CloseCause::ClientProtocol(code),
-        7 => CloseCause::BackendProtocol,
+        7 => CloseCause::BackendProtocol(code),
         _ => return None,
     })
 }
@@ -153,11 +161,22 @@ mod tests {
             CloseCause::Drain(4000),
             CloseCause::ClientProtocol(1002),
             CloseCause::ClientProtocol(1009),
-            CloseCause::BackendProtocol,
+            CloseCause::BackendProtocol(1002),
+            CloseCause::BackendProtocol(1009),
         ] {
             assert_eq!(decode(encode(cause)), Some(cause));
         }
         assert_eq!(decode(0), None);
+    }
+
+    #[test]
+    fn an_oversize_backend_message_is_1009_to_both_sides() {
+        let too_big = CloseCause::BackendProtocol(close_code::TOO_BIG);
+        assert_eq!(too_big.to_client().map(|c| c.0), Some(1009));
+        assert_eq!(too_big.to_backend().map(|c| c.0), Some(1009));
+        let bad = CloseCause::BackendProtocol(close_code::PROTOCOL_ERROR);
+        assert_eq!(bad.to_client().map(|c| c.0), Some(1014));
+        assert_eq!(bad.to_backend().map(|c| c.0), Some(1002));
     }
 
     #[test]

@@ -171,6 +171,16 @@ impl FrameError {
     }
 }
 
+/// A framing error found by [`FrameTracker::advance_to_error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    pub error: FrameError,
+    /// Offset in the buffer of the last frame boundary before the error,
+    /// or `None` when the buffer began mid-frame and no frame ended before
+    /// the error (nothing of it can be forwarded at a boundary).
+    pub boundary: Option<usize>,
+}
+
 /// What one [`FrameTracker::advance`] call consumed and saw complete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Advance {
@@ -273,16 +283,33 @@ impl FrameTracker {
     ///
     /// Errors are reported as soon as the header byte revealing them is fed.
     /// The bytes before it count as fed and the tracker stays just before
-    /// it, so feeding it again repeats the error; how many bytes preceded it
-    /// is not reported. Close the connection with [`FrameError::close_code`].
+    /// it, so feeding it again repeats the error. Close the connection with
+    /// [`FrameError::close_code`]; [`Self::advance_to_error`] also says
+    /// which complete frames came before the error.
     pub fn advance(&mut self, buf: &[u8], stop_at_boundary: bool) -> Result<Advance, FrameError> {
+        self.advance_inner(buf, stop_at_boundary)
+            .map_err(|broken| broken.error)
+    }
+
+    /// [`Self::advance`] of all of `buf`, reporting on error where the last
+    /// frame boundary before the offending byte was: those bytes hold only
+    /// whole, valid frames (after the rest of a frame begun earlier), so a
+    /// proxy can forward them and then close at that boundary.
+    pub fn advance_to_error(&mut self, buf: &[u8]) -> Result<Advance, Broken> {
+        self.advance_inner(buf, false)
+    }
+
+    fn advance_inner(&mut self, buf: &[u8], stop_at_boundary: bool) -> Result<Advance, Broken> {
         let mut adv = Advance::default();
         let mut pos = 0;
+        let mut boundary = self.at_boundary().then_some(0);
         while pos < buf.len() {
             if self.seen < self.hdr.header_len {
                 // Header bytes are decoded one at a time (a header may be
                 // split anywhere), in an inner loop to keep this one short.
-                let n = self.header_bytes(&buf[pos..])?;
+                let n = self
+                    .header_bytes(&buf[pos..])
+                    .map_err(|error| Broken { error, boundary })?;
                 pos += n;
                 if self.seen < self.hdr.header_len || self.remaining > 0 {
                     continue;
@@ -304,6 +331,7 @@ impl FrameTracker {
                 adv.close_frame_ended = true;
             }
             self.seen = 0;
+            boundary = Some(pos);
             if stop_at_boundary {
                 break;
             }
@@ -587,6 +615,35 @@ mod tests {
         }
         v.extend((0..len).map(|i| [0x81, 0x88, 0x7f, 0x00, 0xfe][i as usize % 5]));
         v
+    }
+
+    #[test]
+    fn an_error_reports_the_last_boundary_before_it() {
+        // Two good frames, then a reserved opcode.
+        let mut bytes = frame(0x81, None, 3, Form::Minimal);
+        let first_end = bytes.len();
+        bytes.extend(frame(0x82, None, 200, Form::Minimal));
+        let good_end = bytes.len();
+        bytes.extend(frame(0x83, None, 1, Form::Minimal));
+        let mut t = tracker_for(None);
+        let broken = t.advance_to_error(&bytes).unwrap_err();
+        assert_eq!(broken.error, FrameError::ReservedOpcode(3));
+        assert_eq!(broken.boundary, Some(good_end));
+
+        // Begun mid-frame: the boundary is where that frame ends.
+        let mut t = tracker_for(None);
+        t.advance(&bytes[..2], false).unwrap();
+        let broken = t.advance_to_error(&bytes[2..]).unwrap_err();
+        assert_eq!(broken.boundary, Some(good_end - 2));
+        assert!(first_end < good_end);
+        // Mid-header with no frame ending before the error: no boundary.
+        let mut split = tracker_for(None);
+        split.advance(&[0x81], false).unwrap();
+        assert_eq!(
+            split.advance_to_error(&[0x80]).unwrap_err().boundary,
+            None,
+            "a masked server frame, its header begun in an earlier chunk"
+        );
     }
 
     fn tracker_for(mask: Option<[u8; 4]>) -> FrameTracker {

@@ -8,9 +8,12 @@
 //! the stream it writes is at a frame boundary. When wsgate decides to close
 //! (backend died, client vanished, idle, shutdown, drain, bad framing) each
 //! pump finishes the frame in flight, writes its Close at the boundary, then
-//! discards data until the peer's Close arrives; the whole close is bounded
-//! by `close_timeout`, after which the TCP connections are dropped. A frame
-//! is never cut: if a peer vanishes mid-frame, the other side gets a TCP
+//! discards data until the peer's Close arrives. The close is bounded by
+//! `close_timeout`, counted from when wsgate's Close was sent (not from the
+//! decision: a drain during a large upload waits for that frame to end);
+//! while a frame is still being finished the bound is `close_timeout`
+//! without progress. Past it the TCP connections are dropped. A frame is
+//! never cut: if a peer vanishes mid-frame, the other side gets a TCP
 //! shutdown rather than a corrupt frame.
 //!
 //! A half-close after a peer's own Close is passed through as a TCP
@@ -18,7 +21,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ use tokio::time::Instant;
 
 use super::bufpool;
 use super::closesignal::{CloseCause, CloseSignal};
-use super::frame::{encode_close, FrameTracker, Sender};
+use super::frame::{encode_close, Broken, FrameTracker, Sender};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelConfig {
@@ -68,6 +71,10 @@ struct Shared<'a> {
     /// supervisor polls both pumps again before the task sleeps: the other
     /// pump must see the news, and nothing else would wake it.
     changes: AtomicU32,
+    /// When wsgate last wrote a Close frame (0: never).
+    close_sent_at: AtomicU64,
+    /// Each pump (by [`Dir`]) is finishing a frame before it can send Close.
+    awaiting_boundary: [AtomicBool; 2],
     discarded: AtomicU64,
     sent: [AtomicU64; 2],
 }
@@ -80,6 +87,8 @@ impl<'a> Shared<'a> {
             last_activity: AtomicU64::new(0),
             closing_since: AtomicU64::new(0),
             changes: AtomicU32::new(0),
+            close_sent_at: AtomicU64::new(0),
+            awaiting_boundary: [AtomicBool::new(false), AtomicBool::new(false)],
             discarded: AtomicU64::new(0),
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
         }
@@ -104,15 +113,25 @@ impl<'a> Shared<'a> {
         self.at(self.last_activity.load(Relaxed))
     }
 
-    fn closing_since(&self) -> Option<Instant> {
-        match self.closing_since.load(Relaxed) {
-            0 => None,
-            n => Some(self.at(n)),
-        }
-    }
-
     fn cause(&self) -> Option<CloseCause> {
         self.signal.cause()
+    }
+
+    /// When the close in progress times out: `close_timeout` after the
+    /// last Close wsgate sent (or the decision, when there is none to
+    /// send), or, while a pump is still finishing a frame before its Close,
+    /// `close_timeout` after the last byte moved.
+    fn close_deadline(&self, close_timeout: Duration) -> Option<Instant> {
+        let since = self.closing_since.load(Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let from = if self.awaiting_boundary.iter().any(|a| a.load(Relaxed)) {
+            self.last_activity.load(Relaxed)
+        } else {
+            since.max(self.close_sent_at.load(Relaxed))
+        };
+        Some(self.at(from) + close_timeout)
     }
 
     fn changes(&self) -> u32 {
@@ -229,13 +248,23 @@ where
                 if pumps.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
-                if let (Some(since), false) = (shared.closing_since(), close_armed) {
-                    close_armed = true;
-                    timer.as_mut().reset(since + cfg.close_timeout);
+                if !close_armed {
+                    if let Some(deadline) = shared.close_deadline(cfg.close_timeout) {
+                        close_armed = true;
+                        timer.as_mut().reset(deadline);
+                    }
                 }
                 if timer.as_mut().poll(cx).is_ready() {
                     if close_armed {
-                        return Poll::Ready(true);
+                        // Re-armed lazily: a deadline only moves later
+                        // (a Close sent, an upload still moving).
+                        match shared.close_deadline(cfg.close_timeout) {
+                            Some(deadline) if deadline > Instant::now() => {
+                                timer.as_mut().reset(deadline);
+                                continue;
+                            }
+                            _ => return Poll::Ready(true),
+                        }
                     }
                     let idle_until = shared.last_activity() + cfg.idle;
                     if idle_until <= Instant::now() {
@@ -375,6 +404,7 @@ impl<'a> Pump<'a> {
                             }
                             None => Mode::Discard,
                         };
+                        self.awaiting(matches!(mode, Mode::CloseAtBoundary(..)));
                     }
                 }
                 let read = if mode == Mode::Forward {
@@ -389,7 +419,10 @@ impl<'a> Pump<'a> {
                 let bytes = match read {
                     Ok(bytes) if !bytes.is_empty() => bytes,
                     // End of stream or a reset: the source is gone.
-                    _ => return Box::pin(self.on_source_end(dst, mode)).await,
+                    _ => {
+                        self.awaiting(false);
+                        return Box::pin(self.on_source_end(dst, mode)).await;
+                    }
                 };
                 self.shared.touch();
                 let next = if mode == Mode::Forward && !self.broken {
@@ -401,11 +434,23 @@ impl<'a> Pump<'a> {
                 };
                 match next {
                     Ok(Some(next)) => mode = next,
-                    Ok(None) => return,
-                    Err(_) => return self.destination_gone(),
+                    Ok(None) => return self.awaiting(false),
+                    Err(_) => {
+                        self.awaiting(false);
+                        return self.destination_gone();
+                    }
+                }
+                if mode != Mode::Forward {
+                    self.awaiting(matches!(mode, Mode::CloseAtBoundary(..)));
                 }
             }
         }
+    }
+
+    /// Tells the supervisor whether this pump is finishing a frame before
+    /// its Close, which bounds the close by progress instead of by time.
+    fn awaiting(&self, yes: bool) {
+        self.shared.awaiting_boundary[self.dir as usize].store(yes, Relaxed);
     }
 
     async fn on_early<W: AsyncWrite + Unpin>(
@@ -433,19 +478,11 @@ impl<'a> Pump<'a> {
         dst: &mut W,
         bytes: &[u8],
     ) -> std::io::Result<Option<Mode>> {
-        let close_frame_ended = match self.tracker.advance(bytes, false) {
+        let close_frame_ended = match self.tracker.advance_to_error(bytes) {
             Ok(adv) => adv.close_frame_ended,
-            Err(e) => {
-                // Nothing of this chunk is forwarded: the destination
-                // stays at the boundary where the last chunk left it.
-                self.broken = true;
-                tracing::debug!(dir = ?self.dir, error = %e, "invalid framing");
-                self.shared.decide(match self.dir {
-                    Dir::ToBackend => CloseCause::ClientProtocol(e.close_code()),
-                    Dir::ToClient => CloseCause::BackendProtocol,
-                });
-                return Ok(Some(Mode::Forward));
-            }
+            // Boxed: once per connection at most, and inline it would
+            // enlarge every idle tunnel.
+            Err(broken) => return Box::pin(self.on_broken(dst, bytes, broken)).await,
         };
         write_flushed(dst, bytes).await?;
         self.count_sent(bytes.len());
@@ -454,6 +491,31 @@ impl<'a> Pump<'a> {
             self.source_closed = true;
             self.shared.start_closing();
         }
+        Ok(Some(Mode::Forward))
+    }
+
+    /// The source broke the framing rules in `bytes`. The whole frames
+    /// before the error still go through (valid messages the peer sent
+    /// before breaking the rules); nothing after them does, so the Close
+    /// that follows lands at that boundary.
+    async fn on_broken<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        bytes: &[u8],
+        Broken { error, boundary }: Broken,
+    ) -> std::io::Result<Option<Mode>> {
+        self.broken = true;
+        tracing::debug!(dir = ?self.dir, %error, "invalid framing");
+        if let Some(end) = boundary {
+            if end > 0 {
+                self.forward(dst, &bytes[..end]).await?;
+            }
+            self.dst_at_boundary = true;
+        }
+        self.shared.decide(match self.dir {
+            Dir::ToBackend => CloseCause::ClientProtocol(error.close_code()),
+            Dir::ToClient => CloseCause::BackendProtocol(error.close_code()),
+        });
         Ok(Some(Mode::Forward))
     }
 
@@ -478,15 +540,28 @@ impl<'a> Pump<'a> {
                 Ok(next.map(|_| Mode::Passing))
             }
             Mode::CloseAtBoundary(code, reason) => {
-                let consumed = match self.tracker.advance(bytes, true) {
-                    Ok(adv) => adv.consumed,
+                let adv = match self.tracker.advance(bytes, true) {
+                    Ok(adv) => adv,
                     Err(_) => {
                         self.broken = true;
                         return Ok(Some(Mode::Discard));
                     }
                 };
+                let consumed = adv.consumed;
                 self.forward(dst, &bytes[..consumed]).await?;
                 self.dst_at_boundary = self.tracker.at_boundary();
+                if adv.close_frame_ended {
+                    // The frame being finished was the source's own Close
+                    // (split across reads): the close handshake is theirs
+                    // now, and a second Close would break it.
+                    self.source_closed = true;
+                    self.shared.start_closing();
+                    let rest = &bytes[consumed..];
+                    if !rest.is_empty() {
+                        self.forward_chunk(dst, rest).await?;
+                    }
+                    return Ok(Some(Mode::Passing));
+                }
                 if !self.dst_at_boundary {
                     return Ok(Some(mode));
                 }
@@ -585,7 +660,11 @@ impl<'a> Pump<'a> {
         let frame = encode_close(code, reason, mask);
         self.shared.start_closing();
         dst.write_all(frame.as_bytes()).await?;
-        dst.flush().await
+        dst.flush().await?;
+        // The close timeout runs from here: until now the peer had nothing
+        // to answer.
+        self.shared.close_sent_at.store(self.shared.now(), Relaxed);
+        Ok(())
     }
 }
 
@@ -618,8 +697,9 @@ mod tests {
     /// before the pumps were built in place and the close paths boxed, about 1,600 before the arguments went by
     /// reference and the write became one poll loop, and 1,040 before the
     /// early-bytes slots were boxed and `run` and `Pump::run` stopped being
-    /// async fns (888 now, which puts the whole plain-ws tunnel task in a
-    /// 1,280-byte allocation instead of 1,536); this fails if it grows back.
+    /// async fns (888 then, which put the whole plain-ws tunnel task in a
+    /// 1,280-byte allocation instead of 1,536; 912 since the close deadline
+    /// counts from the Close sent); this fails if it grows back.
     #[test]
     fn idle_tunnel_state_stays_small() {
         let (a, _b) = tokio::io::duplex(64);
