@@ -1,10 +1,13 @@
 //! End-to-end tests: real wsgate, real backends, real clients, loopback only.
 //! Each test starts its own processes on port 0 and kills them when done.
 
+mod blame;
 mod cli;
 mod closes;
 mod data;
 mod deploys;
+mod edges;
 mod failures;
 mod plain_http;
+mod policy;
 mod stickiness;

@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+pub mod peers;
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Upper bound for any single network step in tests.
@@ -197,9 +199,28 @@ impl Gate {
     /// Starts wsgate with extra `run` arguments (e.g. `--upgrade`). Waits for
     /// `listeners` listener lines, plus the admin line if the YAML has `admin:`.
     pub fn launch(dir: PathBuf, yaml: &str, listeners: usize, extra: &[&str]) -> Result<Gate> {
+        Gate::launch_under(&[], dir, yaml, listeners, extra)
+    }
+
+    /// Like [`Gate::launch`], with wsgate started through `wrapper` (e.g.
+    /// `["prlimit", "--nofile=1024", "--"]`); an empty wrapper runs it directly.
+    pub fn launch_under(
+        wrapper: &[&str],
+        dir: PathBuf,
+        yaml: &str,
+        listeners: usize,
+        extra: &[&str],
+    ) -> Result<Gate> {
         let config = dir.join("wsgate.yaml");
         std::fs::write(&config, yaml)?;
-        let mut cmd = Command::new(bin("wsgate"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("wsgate"));
+                c
+            }
+            None => Command::new(bin("wsgate")),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
@@ -273,6 +294,14 @@ pub fn tls_config(backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
         "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls:\n      certificates:\n        - {{ cert: dev.crt, key: dev.key, generate_if_missing: true }}\n\
 routes:\n  - path_prefix: /\n    pool: chat\n    sticky_key: [\"query:user\", \"header:x-user-id\", \"cookie:session\"]\n\
 pools:\n  chat:\n    backends:\n{pool}{extra}"
+    )
+}
+
+/// Like [`tls_config`] but with a plain (ws://) listener.
+pub fn plain_config(backends: &[(&str, SocketAddr, u32)], extra: &str) -> String {
+    tls_config(backends, extra).replace(
+        "    tls:\n      certificates:\n        - { cert: dev.crt, key: dev.key, generate_if_missing: true }\n",
+        "",
     )
 }
 
