@@ -8,6 +8,8 @@ mod data;
 mod deploys;
 mod edges;
 mod failures;
+mod limits;
 mod plain_http;
 mod policy;
+mod slowloris;
 mod stickiness;
