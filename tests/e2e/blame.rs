@@ -196,7 +196,7 @@ fn durations_and_sizes_beyond_their_maximum_fail_check_with_a_position() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{key} passed check");
         assert!(
-            stderr.contains(&format!("wsgate.yaml:4:")) && stderr.contains(key),
+            stderr.contains("wsgate.yaml:4:") && stderr.contains(key),
             "{key}: {stderr}"
         );
     }
