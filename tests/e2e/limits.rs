@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wsgate_tests::peers::{self, closed_within, cpu_time, rss_kib, RawBackend, Script};
+use wsgate_tests::peers::{self, closed_within, rss_kib, RawBackend, Script};
 use wsgate_tests::*;
 
 const ADMIN: &str = "admin: { address: \"127.0.0.1:0\", token_file: admin.token }\n";

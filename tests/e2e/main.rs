@@ -1,6 +1,7 @@
 //! End-to-end tests: real wsgate, real backends, real clients, loopback only.
 //! Each test starts its own processes on port 0 and kills them when done.
 
+mod admin_limits;
 mod blame;
 mod cli;
 mod closes;

@@ -211,6 +211,21 @@ impl Gate {
         listeners: usize,
         extra: &[&str],
     ) -> Result<Gate> {
+        Gate::spawn(wrapper, extra, dir, yaml, listeners, None)
+    }
+
+    /// Writes the config, runs `[wrapper...] wsgate run -c CONFIG extra...`
+    /// with `RUST_LOG=warn`, and waits for the readiness lines: `listeners`
+    /// listener lines, plus the admin line if the YAML has `admin:`.
+    /// `sink` gets every stderr line, if given.
+    fn spawn(
+        wrapper: &[&str],
+        extra: &[&str],
+        dir: PathBuf,
+        yaml: &str,
+        listeners: usize,
+        sink: Option<LineSink>,
+    ) -> Result<Gate> {
         let config = dir.join("wsgate.yaml");
         std::fs::write(&config, yaml)?;
         let mut cmd = match wrapper.split_first() {
@@ -225,7 +240,8 @@ impl Gate {
             .arg("-c")
             .arg(&config)
             .args(extra)
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1");
         let want = listeners + usize::from(yaml.contains("\nadmin:") || yaml.starts_with("admin:"));
         let (proc, found) = Proc::spawn(
             cmd,
@@ -238,7 +254,7 @@ impl Gate {
                 url.split("://").nth(1)?.parse().ok().map(|a| (false, a))
             },
             want,
-            None,
+            sink,
         )?;
         let admin = found
             .iter()
@@ -717,6 +733,128 @@ pub fn fragment(part: &[u8], i: usize, count: usize) -> tokio_tungstenite::tungs
         opcode,
         i + 1 == count,
     ))
+}
+
+/// A process's log (stderr) as it is written: its size in bytes, and the
+/// lines that contain one needle, counted and signalled as they arrive.
+pub struct LogTap {
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+    matches: Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::mpsc::Receiver<String>,
+}
+
+impl LogTap {
+    /// Bytes written to stderr so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lines containing the needle so far.
+    pub fn matches(&self) -> usize {
+        self.matches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) for a line containing the needle. Only the
+    /// first of the lines that came while nobody waited is kept.
+    pub fn wait_match(&self, limit: Duration) -> Result<String> {
+        self.seen
+            .recv_timeout(limit)
+            .map_err(|_| anyhow!("no matching log line within {limit:?}"))
+    }
+}
+
+impl Gate {
+    /// Like [`Gate::launch`] (same readiness lines, `RUST_LOG=warn`), but
+    /// with stderr tapped instead of inherited: its size is counted and
+    /// the lines containing `needle` are signalled. The first 50 lines are
+    /// still copied to the test's stderr, so a flood cannot drown it.
+    pub fn launch_tapped(
+        dir: PathBuf,
+        yaml: &str,
+        listeners: usize,
+        needle: &'static str,
+    ) -> Result<(Gate, LogTap)> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let matches = Arc::new(AtomicUsize::new(0));
+        let (tx, seen) = std::sync::mpsc::sync_channel(1);
+        let (b, m) = (bytes.clone(), matches.clone());
+        let mut echoed = 0;
+        let sink = Box::new(move |line: &str| {
+            b.fetch_add(line.len() + 1, Ordering::Relaxed);
+            if echoed < 50 {
+                echoed += 1;
+                eprintln!("[wsgate] {line}");
+            }
+            if line.contains(needle) {
+                m.fetch_add(1, Ordering::Relaxed);
+                let _ = tx.try_send(line.to_string());
+            }
+        });
+        let gate = Gate::spawn(&[], &[], dir, yaml, listeners, Some(sink))?;
+        Ok((
+            gate,
+            LogTap {
+                bytes,
+                matches,
+                seen,
+            },
+        ))
+    }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from
+/// `/proc/PID/stat` (Linux).
+pub fn cpu_time(pid: i32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15 (proc(5)).
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected /proc/{pid}/stat: {stat}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("no field {} in /proc/{pid}/stat", i + 3))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(100);
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// How many descriptors a process has open (`/proc/PID/fd`, Linux).
+pub fn open_fds(pid: i32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// One call to a gate's admin API with its token, on a fresh connection
+/// (`Connection: close`); returns the status and the whole response.
+pub async fn admin_call(gate: &Gate, method: &str, path: &str) -> Result<(u16, String)> {
+    let admin = gate
+        .admin
+        .ok_or_else(|| anyhow!("this gate has no admin API"))?;
+    let token = std::fs::read_to_string(gate.dir.join("admin.token"))?;
+    let mut s = tokio::time::timeout(STEP, TcpStream::connect(admin)).await??;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        token.trim()
+    );
+    let resp = raw_request(&mut s, req.as_bytes()).await?;
+    let status = status_of(&resp).ok_or_else(|| anyhow!("no answer: {resp:?}"))?;
+    Ok((status, resp))
 }
 
 #[cfg(test)]

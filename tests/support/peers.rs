@@ -1,7 +1,7 @@
 //! Purpose-built peers for the hardening tests: real TCP servers on
 //! loopback that each do one thing a well-behaved chat backend never does
 //! (answer slowly, never read, flood, send an oversize message, record
-//! every byte), and the process probes those tests read (RSS, CPU time).
+//! every byte), and the resident-memory probe the tests read.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -265,27 +265,6 @@ pub fn rss_kib(pid: i32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
-}
-
-/// User plus system CPU time a process has used so far.
-pub fn cpu_time(pid: i32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("bad stat {stat}"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("bad stat field {i}"))
-    };
-    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
-    let total = ticks(11)? + ticks(12)?;
-    // USER_HZ is 100 on Linux.
-    Ok(Duration::from_millis(total * 10))
 }
 
 /// Opens a plain TCP connection to `addr` with the test's step timeout.

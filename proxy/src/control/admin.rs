@@ -14,20 +14,32 @@
 //! | DELETE | `/v1/pools/{pool}/backends/{id}` | remove: drain, then forget |
 //! | POST | `/v1/reload` | re-read the config file |
 //! | GET | `/metrics` | Prometheus text format |
+//!
+//! No client, with or without a token, can hold the server: a request head
+//! must arrive within [`HEADER_TIMEOUT`] of the connection opening or of
+//! the previous response, a body within [`BODY_TIMEOUT`] (else 408), a
+//! connection with no request handled for [`IDLE_TIMEOUT`] is closed, and
+//! at most [`MAX_CONNECTIONS`] are open at once (one more is closed right
+//! after accept). A failing accept backs off and its log line is rate
+//! limited (`acceptloop`), so a full descriptor table costs no CPU.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::acceptloop::{self, AcceptState, RepeatLimiter, Verdict, LOG_INTERVAL};
 use super::api::{AddRequest, Added, Closing, DrainRequest, ErrorReply, Undrained};
 use super::{metrics, ControlError, ControlHandle};
 use crate::config::units::parse_duration;
@@ -99,36 +111,211 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves the admin API until the listener fails. Runs on the control
-/// runtime; every call becomes a command to the control task.
-pub async fn serve(listener: tokio::net::TcpListener, control: ControlHandle, token: String) {
-    let token: Arc<str> = token.into();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                continue;
+/// Longest wait for a complete request head, counted from the moment the
+/// connection opens or its previous response is sent; then hyper closes
+/// the connection. hyper only enforces it with a timer, so `serve_one`
+/// gives it one (without, the timeout is silently off).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a request's whole body (at most [`MAX_BODY`]); then
+/// 408 and the connection closes.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection on which no request has been handled for this long is
+/// closed, whatever it is doing. A backstop behind the two timeouts above,
+/// for instance for a client that never reads its response.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Admin connections open at once. One more is accepted and closed at
+/// once (counted), so idle clients cannot hold an unbounded number of
+/// descriptors; the operator's next call gets in as soon as one closes,
+/// at the latest after [`HEADER_TIMEOUT`].
+const MAX_CONNECTIONS: usize = 64;
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The admin server's own counters, appended to `/metrics`.
+struct Stats {
+    /// One permit per open connection.
+    permits: Arc<Semaphore>,
+    refused: AtomicU64,
+    accept_errors: AtomicU64,
+    body_timeouts: AtomicU64,
+    idle_timeouts: AtomicU64,
+}
+
+impl Stats {
+    fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let open = MAX_CONNECTIONS.saturating_sub(self.permits.available_permits());
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
             }
         };
-        let control = control.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let control = control.clone();
-                let token = token.clone();
-                async move {
-                    let reply = handle(&control, &token, req).await;
-                    Ok::<_, std::convert::Infallible>(reply.into_response())
-                }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "admin connection error");
+        family(
+            "wsgate_admin_connections",
+            "gauge",
+            "Admin API connections open, this one included.",
+            &[("", open as u64)],
+        );
+        family(
+            "wsgate_admin_connections_refused_total",
+            "counter",
+            "Admin API connections closed right after accept because the cap was reached.",
+            &[("", get(&self.refused))],
+        );
+        family(
+            "wsgate_admin_accept_errors_total",
+            "counter",
+            "Failed accepts on the admin listener (e.g. EMFILE), each followed by a back-off.",
+            &[("", get(&self.accept_errors))],
+        );
+        family(
+            "wsgate_admin_timeouts_total",
+            "counter",
+            "Admin API requests answered 408 because the body was too slow (body), connections closed by the idle bound (idle).",
+            &[
+                ("{kind=\"body\"}", get(&self.body_timeouts)),
+                ("{kind=\"idle\"}", get(&self.idle_timeouts)),
+            ],
+        );
+        out
+    }
+}
+
+/// Serves the admin API until the control thread ends. Runs on the control
+/// runtime; every call becomes a command to the control task. At most
+/// [`MAX_CONNECTIONS`] connections are served at once, each bounded by the
+/// timeouts above; a failing accept backs off (`acceptloop`).
+pub async fn serve(listener: tokio::net::TcpListener, control: ControlHandle, token: String) {
+    let token: Arc<str> = token.into();
+    let stats = Arc::new(Stats {
+        permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        refused: AtomicU64::new(0),
+        accept_errors: AtomicU64::new(0),
+        body_timeouts: AtomicU64::new(0),
+        idle_timeouts: AtomicU64::new(0),
+    });
+    let mut accepting = AcceptState::new();
+    let mut refusals = RepeatLimiter::new(LOG_INTERVAL);
+    loop {
+        let (stream, peer) =
+            acceptloop::accept(&listener, &mut accepting, &stats.accept_errors).await;
+        let Ok(permit) = stats.permits.clone().try_acquire_owned() else {
+            drop(stream);
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            if let Verdict::Log { suppressed } = refusals.check((), Instant::now()) {
+                tracing::warn!(
+                    %peer,
+                    not_logged = suppressed,
+                    "admin connection refused: {MAX_CONNECTIONS} already open (logged once per {}s)",
+                    LOG_INTERVAL.as_secs()
+                );
             }
-        });
+            continue;
+        };
+        tokio::spawn(serve_one(
+            stream,
+            peer,
+            control.clone(),
+            token.clone(),
+            stats.clone(),
+            permit,
+        ));
+    }
+}
+
+/// Whether a connection is handling a request, and when it last finished one.
+struct Activity {
+    opened: Instant,
+    running: AtomicUsize,
+    /// Milliseconds from `opened` to the end of the last request handled.
+    last_done_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(self.clone())
+    }
+
+    /// When the connection has been idle for [`IDLE_TIMEOUT`]; None while
+    /// a request is being handled.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.running.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed));
+        Some(self.opened + last + IDLE_TIMEOUT)
+    }
+}
+
+/// A request being handled; dropping it (also when hyper drops the handler)
+/// marks the end.
+struct Running(Arc<Activity>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.last_done_ms.store(ms, Ordering::Relaxed);
+        a.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One admin connection, holding its `permit` until it closes.
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    control: ControlHandle,
+    token: Arc<str>,
+    stats: Arc<Stats>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        running: AtomicUsize::new(0),
+        last_done_ms: AtomicU64::new(0),
+    });
+    let service = {
+        let (activity, stats) = (activity.clone(), stats.clone());
+        service_fn(move |req| {
+            let running = activity.begin();
+            let (control, token, stats) = (control.clone(), token.clone(), stats.clone());
+            async move {
+                let reply = handle(&control, &token, &stats, req).await;
+                drop(running);
+                Ok::<_, std::convert::Infallible>(reply.into_response())
+            }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    loop {
+        let check_at = activity
+            .idle_deadline()
+            .unwrap_or_else(|| Instant::now() + IDLE_TIMEOUT);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "admin connection error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(check_at.into()) => {
+                if activity.idle_deadline().is_some_and(|d| d <= Instant::now()) {
+                    stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "admin connection idle for {}s; closed", IDLE_TIMEOUT.as_secs());
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -166,6 +353,14 @@ impl Reply {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(content_type),
         );
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: this connection
+            // cannot carry another request.
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
         resp
     }
 }
@@ -180,7 +375,12 @@ fn error_status(e: &ControlError) -> StatusCode {
     }
 }
 
-async fn handle(control: &ControlHandle, token: &str, req: Request<Incoming>) -> Reply {
+async fn handle(
+    control: &ControlHandle,
+    token: &str,
+    stats: &Stats,
+    req: Request<Incoming>,
+) -> Reply {
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -194,11 +394,28 @@ async fn handle(control: &ControlHandle, token: &str, req: Request<Incoming>) ->
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+    let body = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB")
+        }
+        Ok(Err(e)) => {
+            return Reply::error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        }
+        Err(_) => {
+            stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let secs = BODY_TIMEOUT.as_secs();
+            return Reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {secs}s"),
+            );
+        }
     };
-    match route(control, &method, &segments, &body).await {
+    match route(control, stats, &method, &segments, &body).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(error_status(&e), e.to_string()),
     }
@@ -222,6 +439,7 @@ fn ok(body: &impl Serialize) -> Result<Reply, ControlError> {
 
 async fn route(
     control: &ControlHandle,
+    stats: &Stats,
     method: &Method,
     seg: &[&str],
     body: &[u8],
@@ -229,7 +447,8 @@ async fn route(
     match (method, seg) {
         (&Method::GET, ["v1", "status"]) => ok(&control.status().await?),
         (&Method::GET, ["metrics"]) => {
-            Ok(Reply::Metrics(metrics::render(&control.metrics().await?)))
+            let text = metrics::render(&control.metrics().await?) + &stats.render();
+            Ok(Reply::Metrics(text))
         }
         (&Method::POST, ["v1", "reload"]) => ok(&control.reload().await?),
         (&Method::POST, ["v1", "pools", pool, "backends", id, "drain"]) => {

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Config, ConfigError};
 use crate::routing::{reports, BackendKey, Report, Reporter, Routing};
 
+mod acceptloop;
 pub(crate) mod admin;
 pub mod api;
 mod diff;

@@ -219,6 +219,14 @@ impl ControlTask {
                 "{c} is not a close code a server may send"
             )));
         }
+        // The same bound as the config file's, for the same reason: a
+        // deadline past it overflows the drain job's clock.
+        if window.is_some_and(|w| w > config::defaults::MAX_DURATION) {
+            return Err(ControlError::BadRequest(format!(
+                "a drain window must be at most {}",
+                config::defaults::MAX_DURATION_TEXT
+            )));
+        }
         self.existing(key)?;
         self.drained.insert(key.clone());
         self.publish();

@@ -142,6 +142,16 @@ async fn unknown_backend_and_bad_code_are_errors() {
         Err(ControlError::BadRequest(_))
     ));
     assert!(matches!(
+        c.control
+            .drain(
+                BackendKey::new("chat", "b1"),
+                Some(Duration::from_secs(u64::MAX / 4)),
+                None
+            )
+            .await,
+        Err(ControlError::BadRequest(_))
+    ));
+    assert!(matches!(
         c.control.reload().await,
         Err(ControlError::NoConfigFile)
     ));
