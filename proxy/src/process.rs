@@ -53,7 +53,14 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         }
     }
     let config = Arc::new(config);
-    let (control, routing) = ControlPlane::new(config.clone(), options.config_path.clone());
+    let certificates = crate::control::CertificateBook::new(
+        listeners
+            .iter()
+            .filter_map(|l| Some((l.name.clone(), l.certificates.clone()?)))
+            .collect(),
+    );
+    let (control, routing) =
+        ControlPlane::new(config.clone(), options.config_path.clone(), certificates);
     plane::spawn(
         control,
         plane::PlaneOptions {

@@ -274,6 +274,23 @@ pub fn status_table(status: &Status) -> String {
             ));
         }
     }
+    for c in &status.certificates {
+        let warn = if c.days_left < crate::control::certificates::WARN_DAYS {
+            "  WARNING: expires soon"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "certificate {} {} serial {}: {} days left{warn}\n",
+            c.listener, c.name, c.serial, c.days_left
+        ));
+        if let Some(e) = &c.error {
+            out.push_str(&format!(
+                "  last reload of listener {}'s certificates FAILED (still serving this one): {e}\n",
+                c.listener
+            ));
+        }
+    }
     if status.shutting_down {
         out.push_str("shutting down\n");
     }

@@ -417,7 +417,13 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
             for note in &outcome.notes {
                 println!("note: {note}");
             }
-            Ok(ExitCode::SUCCESS)
+            if outcome.certificate_errors.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for e in &outcome.certificate_errors {
+                eprintln!("certificates rejected: {e}");
+            }
+            Ok(ExitCode::FAILURE)
         }
         Command::Run { .. } | Command::Check { .. } | Command::GenCert { .. } => {
             bail!("`run`, `check` and `gen-cert` do not talk to a running wsgate")

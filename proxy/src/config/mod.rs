@@ -94,10 +94,13 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Whether changing from `self` to `new` needs a restart: the socket
-    /// and its TLS do, the Origin policy (read per request) does not.
+    /// Whether `new` can replace `self` without a restart: the socket and
+    /// whether it speaks TLS must stay; certificates (reloaded in place)
+    /// and the Origin policy (read per request) may change.
     pub fn same_socket(&self, new: &Listener) -> bool {
-        self.name == new.name && self.address == new.address && self.tls == new.tls
+        self.name == new.name
+            && self.address == new.address
+            && self.tls.is_some() == new.tls.is_some()
     }
 }
 

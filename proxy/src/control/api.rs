@@ -12,6 +12,24 @@ pub struct Status {
     pub pools: Vec<PoolStatus>,
     pub reload: Option<ReloadOutcome>,
     pub shutting_down: bool,
+    /// Every certificate the TLS listeners serve now.
+    #[serde(default)]
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// One certificate a TLS listener serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub listener: String,
+    /// Its first DNS name, or its subject's common name.
+    pub name: String,
+    pub serial: String,
+    pub not_after_unix: i64,
+    /// Whole days until it expires (negative once expired).
+    pub days_left: i64,
+    /// Why the listener's last certificate reload failed, if it did: it
+    /// still serves this certificate.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +64,10 @@ pub struct ReloadOutcome {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub notes: Vec<String>,
+    /// Listeners whose certificates failed to load again; they keep
+    /// serving their previous ones.
+    #[serde(default)]
+    pub certificate_errors: Vec<String>,
 }
 
 /// `POST /v1/pools/{pool}/backends/{id}/drain`; both fields optional.

@@ -254,11 +254,11 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_change_is_a_listener_change() {
-        let tls = |cert: &str| {
+    fn certificates_change_in_place_but_tls_on_or_off_needs_a_restart() {
+        let listener = |tls: &str| {
             Config::from_source(
                 &format!(
-                    "listeners: [{{name: a, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: {cert}, key: k.pem}}]}}}}]\n\
+                    "listeners: [{{name: a, address: \"127.0.0.1:0\"{tls}}}]\n\
                      routes: [{{pool: chat}}]\npools: {{chat: {{backends: [{{id: b1, address: \"h:1\"}}]}}}}\n"
                 ),
                 "t.yaml",
@@ -266,8 +266,15 @@ mod tests {
             )
             .unwrap()
         };
+        let with = |cert: &str| {
+            listener(&format!(
+                ", tls: {{certificates: [{{cert: {cert}, key: k.pem}}]}}"
+            ))
+        };
+        // Every reload loads the certificates again (control::certificates).
+        assert_eq!(diff(&with("a.pem"), &with("b.pem")), []);
         assert_eq!(
-            diff(&tls("a.pem"), &tls("b.pem")),
+            diff(&listener(""), &with("a.pem")),
             [Change::ListenerChanged { name: "a".into() }]
         );
     }

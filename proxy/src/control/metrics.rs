@@ -116,6 +116,21 @@ pub(crate) fn render(m: &Metrics) -> String {
     );
     header(
         &mut out,
+        "wsgate_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "End of validity of each certificate a TLS listener serves, in Unix seconds.",
+    );
+    for c in &m.status.certificates {
+        let _ = writeln!(
+            out,
+            "wsgate_certificate_expiry_timestamp_seconds{{listener=\"{}\",name=\"{}\"}} {}",
+            label(&c.listener),
+            label(&c.name),
+            c.not_after_unix
+        );
+    }
+    header(
+        &mut out,
         "wsgate_client_connections",
         "gauge",
         "Client connections open now (plain HTTP and WebSocket).",
@@ -179,6 +194,14 @@ mod tests {
                 }],
                 reload: None,
                 shutting_down: false,
+                certificates: vec![crate::control::api::CertificateStatus {
+                    listener: "public".into(),
+                    name: "chat.example.com".into(),
+                    serial: "01".into(),
+                    not_after_unix: 1_900_000_000,
+                    days_left: 90,
+                    error: None,
+                }],
             },
             reloads_ok: 3,
             reloads_failed: 1,
@@ -210,6 +233,7 @@ mod tests {
             "wsgate_config_reloads_total{result=\"error\"} 1",
             "wsgate_control_reports_dropped_total 0",
             "wsgate_client_connections 3",
+            "wsgate_certificate_expiry_timestamp_seconds{listener=\"public\",name=\"chat.example.com\"} 1900000000",
             "wsgate_client_connections_limit 448",
             "wsgate_connections_refused_total{reason=\"max_connections\"} 9",
         ] {

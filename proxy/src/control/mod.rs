@@ -29,6 +29,8 @@
 //! | [`admin`] | the admin HTTP API | network |
 //! | [`api`] | the admin API's bodies, shared with the CLI | none |
 //! | [`metrics`] | Prometheus text for `/metrics` | none |
+//! | [`certificates`] | each TLS listener's certificate handle, what it serves, its last error | reads certificate files |
+//! | [`acceptloop`] | the admin accept loop's back-off and rate-limited error log | none |
 //! | [`plane`] | the control thread: the task, admin server, signals, file watch | signals |
 
 use std::path::PathBuf;
@@ -43,6 +45,7 @@ use crate::routing::{reports, BackendKey, Report, Reporter, Routing};
 mod acceptloop;
 pub(crate) mod admin;
 pub mod api;
+pub(crate) mod certificates;
 mod diff;
 mod drain;
 mod health;
@@ -54,6 +57,7 @@ mod tests;
 
 pub(crate) use admin::{load_token, AdminError};
 use api::{ReloadOutcome, Status};
+pub(crate) use certificates::CertificateBook;
 use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,11 @@ pub(crate) enum Command {
     },
     Metrics {
         reply: oneshot::Sender<Metrics>,
+    },
+    /// The files whose change means a reload: the config file, and the
+    /// certificate and key files of the running TLS listeners.
+    WatchedFiles {
+        reply: oneshot::Sender<Vec<PathBuf>>,
     },
 }
 
@@ -198,6 +207,10 @@ impl ControlHandle {
             .await?
     }
 
+    pub(crate) async fn watched_files(&self) -> Result<Vec<PathBuf>, ControlError> {
+        self.ask(|reply| Command::WatchedFiles { reply }).await
+    }
+
     pub async fn status(&self) -> Result<Status, ControlError> {
         self.ask(|reply| Command::Status { reply }).await
     }
@@ -224,11 +237,21 @@ pub(crate) struct ControlPlane {
 impl ControlPlane {
     /// Builds the control state for `config` and the routing view the data
     /// path reads; nothing runs until [`run`](Self::run).
-    pub fn new(config: Arc<Config>, config_path: Option<PathBuf>) -> (ControlPlane, Arc<Routing>) {
+    pub fn new(
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        certificates: CertificateBook,
+    ) -> (ControlPlane, Arc<Routing>) {
         let (reporter, reports) = Reporter::channel(reports::CAPACITY);
         let routing = Arc::new(Routing::new(config.clone(), reporter));
         let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
-        let task = task::ControlTask::new(config, config_path, routing.clone(), tx.downgrade());
+        let task = task::ControlTask::new(
+            config,
+            config_path,
+            routing.clone(),
+            tx.downgrade(),
+            certificates,
+        );
         let plane = ControlPlane {
             task,
             commands,

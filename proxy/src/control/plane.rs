@@ -5,6 +5,7 @@
 //! SIGQUIT start the paced 1001 shutdown while pingora stops accepting).
 //! Each of them only sends commands to the control task.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -50,8 +51,8 @@ async fn run(plane: ControlPlane, options: PlaneOptions) {
             Err(e) => tracing::error!(error = %e, "admin API could not start"),
         }
     }
-    if let Some(path) = options.watch {
-        tokio::spawn(watch_file(control.clone(), path));
+    if options.watch.is_some() {
+        tokio::spawn(watch_files(control.clone()));
     }
     let (Ok(mut hup), Ok(mut term), Ok(mut quit)) = (
         signal(SignalKind::hangup()),
@@ -82,19 +83,31 @@ async fn run(plane: ControlPlane, options: PlaneOptions) {
     }
 }
 
-/// Reloads when the file's modification time changes. Polling once a
-/// second needs no platform watcher and catches editors that replace the
-/// file instead of writing it in place.
-async fn watch_file(control: ControlHandle, path: PathBuf) {
+/// Reloads when the modification time of the config file, or of a
+/// certificate or key file of a running TLS listener, changes. Polling once
+/// a second needs no platform watcher, catches editors that replace a file
+/// instead of writing it in place, and follows symbolic links, so a
+/// Kubernetes secret volume (whose `..data` link is swapped) is seen too.
+/// The list of files is asked for on every round: a reload may change it.
+async fn watch_files(control: ControlHandle) {
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last: Option<SystemTime> = mtime(&path);
+    let mut last: HashMap<PathBuf, Option<SystemTime>> = HashMap::new();
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = mtime(&path);
-        if now.is_some() && now != last {
-            last = now;
-            tracing::info!(path = %path.display(), "config file changed; reloading");
+        let Ok(files) = control.watched_files().await else {
+            return;
+        };
+        let mut changed = None;
+        for f in files {
+            let now = mtime(&f);
+            match last.insert(f.clone(), now) {
+                Some(before) if before != now && now.is_some() => changed = Some(f),
+                _ => {}
+            }
+        }
+        if let Some(f) = changed {
+            tracing::info!(path = %f.display(), "file changed; reloading");
             control.tell(Command::Reload { reply: None }).await;
         }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

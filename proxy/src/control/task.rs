@@ -42,6 +42,7 @@ pub(super) struct ControlTask {
     shutting_down: bool,
     reloads_ok: u64,
     reloads_failed: u64,
+    certificates: super::CertificateBook,
 }
 
 impl ControlTask {
@@ -50,6 +51,7 @@ impl ControlTask {
         config_path: Option<PathBuf>,
         routing: Arc<Routing>,
         to_self: mpsc::WeakSender<Command>,
+        certificates: super::CertificateBook,
     ) -> Self {
         ControlTask {
             config,
@@ -66,6 +68,7 @@ impl ControlTask {
             shutting_down: false,
             reloads_ok: 0,
             reloads_failed: 0,
+            certificates,
         }
     }
 
@@ -125,6 +128,11 @@ impl ControlTask {
             } => self.on_probe(&backend, &address, healthy),
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::WatchedFiles { reply } => {
+                let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
+                files.extend(self.certificates.files(&self.config));
+                let _ = reply.send(files);
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(Metrics {
@@ -508,6 +516,7 @@ impl ControlTask {
                     added: vec![],
                     removed: vec![],
                     notes: vec![],
+                    certificate_errors: vec![],
                 });
                 tracing::error!(error = %e, "reload rejected; still serving the previous config");
                 return Err(ControlError::InvalidConfig(e));
@@ -515,6 +524,9 @@ impl ControlTask {
         };
         let changes = diff(&self.config, &new);
         self.apply(Arc::new(new), &changes);
+        // Every reload loads the certificates again, whether or not the
+        // config names other files: rotation replaces them in place.
+        let certificate_errors = self.certificates.reload(&self.config);
         let outcome = ReloadOutcome {
             ok: true,
             at_unix: now,
@@ -528,6 +540,7 @@ impl ControlTask {
                 _ => None,
             }),
             notes: restart_notes(&changes),
+            certificate_errors,
         };
         self.last_reload = Some(outcome.clone());
         self.reloads_ok += 1;
@@ -612,10 +625,14 @@ impl ControlTask {
                 }
             })
             .collect();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         Status {
             pools,
             reload: self.last_reload.clone(),
             shutting_down: self.shutting_down,
+            certificates: self.certificates.status(now),
         }
     }
 }

@@ -39,7 +39,11 @@ struct Harness {
 
 fn control_for(src: &str, file: Option<&Path>) -> Harness {
     let config = Config::from_source(src, "t.yaml", Path::new(".")).unwrap();
-    let (plane, routing) = ControlPlane::new(Arc::new(config), file.map(Path::to_path_buf));
+    let (plane, routing) = ControlPlane::new(
+        Arc::new(config),
+        file.map(Path::to_path_buf),
+        super::CertificateBook::default(),
+    );
     let control = plane.handle.clone();
     tokio::spawn(plane.run());
     Harness { control, routing }
@@ -100,13 +104,15 @@ async fn drain_closes_only_that_backend_and_undrain_cancels() {
         }
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Counted after the undrain: a close due in the same timer tick as the
+    // test's wake-up may run while the undrain is on its way.
+    let cancelled = c.control.undrain(b2.clone()).await.unwrap();
     let half = closed(&users).len();
     assert!(closed(&users).iter().all(|k| **k == b2));
     assert!(
         half > on_b2 / 4 && half < on_b2 * 3 / 4,
         "about half closed after half the window: {half}/{on_b2}"
     );
-    let cancelled = c.control.undrain(b2.clone()).await.unwrap();
     assert_eq!(cancelled, on_b2 - half);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(closed(&users).len(), half, "undrain stops further closes");

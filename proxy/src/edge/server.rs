@@ -231,6 +231,8 @@ pub struct BoundListener {
     pub name: String,
     pub address: SocketAddr,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The handle that replaces this listener's certificates on reload.
+    pub certificates: Option<Arc<super::certs::Certificates>>,
 }
 
 /// Checks each listener's address is free (resolving port 0 to a concrete
@@ -242,12 +244,16 @@ pub fn prepare_listeners(
 ) -> Result<Vec<BoundListener>, ServerError> {
     let mut out = Vec::new();
     for l in &config.listeners {
-        let tls = match &l.tls {
-            Some(t) => Some(tls::server_config(t).map_err(|source| ServerError::Tls {
-                name: l.name.clone(),
-                source,
-            })?),
-            None => None,
+        let (tls, certificates) = match &l.tls {
+            Some(t) => {
+                let (config, certs) =
+                    super::certs::server_config(t).map_err(|source| ServerError::Tls {
+                        name: l.name.clone(),
+                        source,
+                    })?;
+                (Some(config), Some(certs))
+            }
+            None => (None, None),
         };
         if upgrade {
             // The old process still holds the port and hands it over.
@@ -260,6 +266,7 @@ pub fn prepare_listeners(
                 name: l.name.clone(),
                 address: l.address,
                 tls,
+                certificates,
             });
             continue;
         }
@@ -285,6 +292,7 @@ pub fn prepare_listeners(
             name: l.name.clone(),
             address,
             tls,
+            certificates,
         });
     }
     Ok(out)

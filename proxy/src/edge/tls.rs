@@ -1,23 +1,24 @@
-//! TLS termination: loading certificates, choosing one by SNI, and making
-//! self-signed development certificates.
+//! TLS termination's files: loading a listener's certificates and keys, and
+//! making self-signed development certificates. The rustls config that
+//! serves them is built in `certs`.
 //!
 //! TLS 1.2 and 1.3 only, with rustls and the `ring` provider. ALPN offers
-//! `http/1.1` (HTTP/2 with RFC 8441 comes later). Certificates are loaded
-//! once per listener at startup; a bad file is a startup error naming the
-//! file, never a panic.
+//! `http/1.1` (HTTP/2 with RFC 8441 comes later). Certificates are chosen
+//! by SNI and can be replaced while the listener runs (`certs`); a bad file
+//! is an error naming the file, never a panic.
 
-use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config;
-use crate::config::HostMatch;
+use crate::config::{self, HostMatch};
+
+/// A certificate with the SNI names it answers for (none: the default).
+pub(super) type Entry = (Vec<HostMatch>, Arc<CertifiedKey>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -46,35 +47,24 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// Builds the acceptor for one TLS listener.
-pub fn server_config(tls: &config::Tls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut resolver = SniResolver::default();
+/// Loads every certificate of a TLS listener with the SNI names it answers
+/// for (creating development certificates where asked to), or the first
+/// error.
+pub(super) fn load_entries(tls: &config::Tls) -> Result<Vec<Entry>, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut entries = Vec::new();
     for c in &tls.certificates {
         if c.generate_if_missing && !(c.cert.exists() && c.key.exists()) {
             generate_dev_cert(&c.cert, &c.key)?;
             tracing::warn!(cert = %c.cert.display(), "generated a self-signed development certificate");
         }
         let key = load_certified_key(&provider, &c.cert, &c.key)?;
-        resolver.add(c.server_names.clone(), key);
+        entries.push((c.server_names.clone(), key));
     }
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Stateless session tickets (the state travels encrypted in the ticket,
-    // under keys that rotate): resumption then works for any number of
-    // clients, where rustls' default in-memory cache holds 256 sessions.
-    // That matters most right after a drain, when many clients reconnect
-    // at once. One ticket per handshake is enough for a WebSocket client,
-    // which reconnects one connection at a time.
-    server.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    server.send_tls13_tickets = 1;
-    Ok(Arc::new(server))
+    Ok(entries)
 }
 
-fn load_certified_key(
+pub(super) fn load_certified_key(
     provider: &CryptoProvider,
     cert: &Path,
     key: &Path,
@@ -144,51 +134,6 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)
 }
 
-/// Chooses a certificate by SNI: exact names first, then `*.suffix`
-/// patterns in config order, then the default (the first certificate listed
-/// without names, or else the first certificate).
-#[derive(Default)]
-struct SniResolver {
-    entries: Vec<(Vec<HostMatch>, Arc<CertifiedKey>)>,
-}
-
-impl SniResolver {
-    fn add(&mut self, names: Vec<HostMatch>, key: Arc<CertifiedKey>) {
-        self.entries.push((names, key));
-    }
-
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = sni.map(str::to_ascii_lowercase) {
-            let exact = |m: &HostMatch| matches!(m, HostMatch::Exact(_)) && m.matches(&name);
-            let wildcard = |m: &HostMatch| matches!(m, HostMatch::Suffix(_)) && m.matches(&name);
-            for rule in [&exact as &dyn Fn(&HostMatch) -> bool, &wildcard] {
-                if let Some((_, k)) = self.entries.iter().find(|(ns, _)| ns.iter().any(rule)) {
-                    return Some(k.clone());
-                }
-            }
-        }
-        self.entries
-            .iter()
-            .find(|(ns, _)| ns.is_empty())
-            .or(self.entries.first())
-            .map(|(_, k)| k.clone())
-    }
-}
-
-impl fmt::Debug for SniResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SniResolver")
-            .field("certificates", &self.entries.len())
-            .finish()
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,99 +163,6 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let _ = fs::remove_dir_all(d);
-    }
-
-    #[test]
-    fn sni_picks_exact_then_wildcard_then_default() {
-        let d = temp_dir("sni");
-        let (a, b, c) = (key_for(&d, "a"), key_for(&d, "b"), key_for(&d, "c"));
-        let mut r = SniResolver::default();
-        r.add(vec![HostMatch::parse("*.example.com").unwrap()], a.clone());
-        r.add(vec![], b.clone());
-        r.add(
-            vec![HostMatch::parse("api.example.com").unwrap()],
-            c.clone(),
-        );
-        let is = |x: Option<Arc<CertifiedKey>>, y: &Arc<CertifiedKey>| Arc::ptr_eq(&x.unwrap(), y);
-        assert!(is(r.pick(Some("API.example.com")), &c));
-        assert!(is(r.pick(Some("www.example.com")), &a));
-        assert!(is(r.pick(Some("other.org")), &b));
-        assert!(is(r.pick(None), &b));
-        let _ = fs::remove_dir_all(d);
-    }
-
-    #[tokio::test]
-    async fn second_connection_resumes_with_a_stateless_ticket() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let d = temp_dir("resume");
-        let (cert, key) = (d.join("r.crt"), d.join("r.key"));
-        generate_dev_cert(&cert, &key).unwrap();
-        let server = server_config(&config::Tls {
-            certificates: vec![config::Certificate {
-                cert: cert.clone(),
-                key,
-                server_names: vec![],
-                generate_if_missing: false,
-            }],
-        })
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut s) = crate::edge::tlsconn::accept(tcp, server).await {
-                        let _ = s.write_all(b"hi").await;
-                        let mut sink = Vec::new();
-                        let _ = s.read_to_end(&mut sink).await;
-                    }
-                });
-            }
-        });
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = fs::read(&cert).unwrap();
-        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let client = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-        );
-        let connector = tokio_rustls::TlsConnector::from(client);
-        let step = std::time::Duration::from_secs(10);
-        let mut kinds = Vec::new();
-        for _ in 0..2 {
-            let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect(addr))
-                .await
-                .unwrap()
-                .unwrap();
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut s = tokio::time::timeout(step, connector.connect(name, tcp))
-                .await
-                .unwrap()
-                .unwrap();
-            let mut hi = [0u8; 2];
-            // Reading also takes in the ticket sent after the handshake.
-            tokio::time::timeout(step, s.read_exact(&mut hi))
-                .await
-                .unwrap()
-                .unwrap();
-            kinds.push(s.get_ref().1.handshake_kind());
-        }
-        assert_eq!(
-            kinds,
-            [
-                Some(rustls::HandshakeKind::Full),
-                Some(rustls::HandshakeKind::Resumed)
-            ]
-        );
         let _ = fs::remove_dir_all(d);
     }
 
