@@ -6,12 +6,14 @@
 //! |---|---|---|
 //! | [`server`] | pingora services, listener checks, the readiness line, the HTTP/1.1 connection | network |
 //! | [`socket`] | taking an accepted connection out of pingora's stream as a bare `TcpStream` | one `fcntl` |
-//! | [`tls`] | the rustls server config, certificate loading, dev certificates | files |
-//! | [`certs`] | a listener's certificate set, chosen by SNI and swapped whole on reload; expiry and serial | files |
+//! | [`proxyproto`] | the PROXY protocol v1/v2 header: decoding the client address a trusted L4 balancer sends, encoding v2 for backends (pure) | none |
+//! | [`tls`] | loading a listener's certificates and keys, dev certificates | files |
+//! | [`certs`] | a listener's certificate set, chosen by SNI and swapped whole on reload; its rustls config; expiry and serial | files |
 //! | [`tlsconn`] | server TLS on rustls' unbuffered API, buffers held only while bytes are in flight | network |
 //! | [`splice`] | after the 101: both sockets back out of hyper, registration, the tunnel's own task | network |
 
 pub mod certs;
+pub mod proxyproto;
 pub(crate) mod server;
 pub(crate) mod socket;
 pub(crate) mod splice;
