@@ -203,6 +203,7 @@ impl ListenerApp {
 /// is not reading. Checked once per `timeout`, so a stall is cut after
 /// between one and two timeouts.
 async fn unread_response(client: &ClientInfo, timeout: Duration) {
+    client.response.first_response().await;
     let mut last = None;
     loop {
         tokio::time::sleep(timeout).await;

@@ -14,15 +14,19 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Headers that describe the client to the backend. From an untrusted peer
-/// all of them are dropped before wsgate writes its own.
-const FORWARDING: [&str; 6] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-real-ip",
-    "forwarded",
+/// all of them are dropped before wsgate writes its own. Typed names: a
+/// removal by `&str` parses the name again each time, on every request.
+const FORWARDING: [HeaderName; 6] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
 ];
 
 /// Whether `peer` is one of `trusted` (an IPv4-mapped IPv6 address counts
@@ -72,8 +76,10 @@ pub fn request<B>(req: Request<B>, hop: Hop<'_>, path: Option<&str>, is_ws: bool
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     if !hop.trusted {
-        for name in FORWARDING {
-            parts.headers.remove(name);
+        for name in &FORWARDING {
+            if parts.headers.contains_key(name) {
+                parts.headers.remove(name);
+            }
         }
     }
     add_forwarding(&mut parts.headers, &hop);
@@ -83,7 +89,7 @@ pub fn request<B>(req: Request<B>, hop: Hop<'_>, path: Option<&str>, is_ws: bool
 fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let ip = hop.client.to_canonical();
     let proto = if hop.tls { "https" } else { "http" };
-    let xff = match joined(headers, "x-forwarded-for") {
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip.to_string(),
     };
@@ -101,30 +107,30 @@ fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     {
         forwarded.push_str(&format!(";host=\"{}\"", hop.host));
     }
-    if let Some(prev) = joined(headers, "forwarded") {
+    if let Some(prev) = joined(headers, &header::FORWARDED) {
         forwarded = format!("{prev}, {forwarded}");
     }
-    let mut set = vec![("x-forwarded-for", xff), ("forwarded", forwarded)];
     // A trusted proxy that terminated TLS knows the scheme the client used.
-    if !headers.contains_key("x-forwarded-proto") {
-        set.push(("x-forwarded-proto", proto.to_string()));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    for (name, value) in set {
+    for (name, value) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, forwarded)] {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     }
 }
 
 /// All values of a list header as one, so a chain split over several
 /// header lines is kept whole.
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let mut out = values.next()?.to_string();
+    for v in values {
+        out.push_str(", ");
+        out.push_str(v);
+    }
+    Some(out)
 }
 
 /// Removes headers that describe one hop only (RFC 9110 7.6.1), including

@@ -28,6 +28,9 @@ pub struct ResponseProgress {
     progress: AtomicU64,
     /// The last poll found the backend had nothing yet.
     waiting_on_backend: AtomicBool,
+    /// Signalled when a response starts, so the write timer runs only on
+    /// connections that have one (never on the way to an upgrade).
+    started: tokio::sync::Notify,
 }
 
 impl ResponseProgress {
@@ -36,6 +39,11 @@ impl ResponseProgress {
     pub fn stall_token(&self) -> Option<u64> {
         (self.in_flight.load(Relaxed) && !self.waiting_on_backend.load(Relaxed))
             .then(|| self.progress.load(Relaxed))
+    }
+
+    /// Resolves once the connection's first watched response has started.
+    pub async fn first_response(&self) {
+        self.started.notified().await;
     }
 }
 
@@ -51,6 +59,7 @@ impl WatchedBody {
         p.waiting_on_backend.store(false, Relaxed);
         p.progress.fetch_add(1, Relaxed);
         p.in_flight.store(true, Relaxed);
+        p.started.notify_one();
         WatchedBody { inner, client }
     }
 }

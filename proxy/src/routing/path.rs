@@ -80,14 +80,14 @@ fn check_segments(path: &str) -> Result<(), PathError> {
         // `*` (OPTIONS) and the empty path of an authority have no segments.
         return Ok(());
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
         let name = segment.split(';').next().unwrap_or(segment);
         if name == "." || name == ".." {
             return Err(PathError::DotSegment);
         }
-        if name.is_empty() && (i != last || !segment.is_empty()) {
+        let last = segments.peek().is_none();
+        if name.is_empty() && (!last || !segment.is_empty()) {
             return Err(PathError::EmptySegment);
         }
     }
