@@ -3,6 +3,7 @@
 
 mod admin_limits;
 mod blame;
+mod certs;
 mod cli;
 mod closes;
 mod data;
