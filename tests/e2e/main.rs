@@ -13,5 +13,6 @@ mod failures;
 mod limits;
 mod plain_http;
 mod policy;
+mod proxyproto;
 mod slowloris;
 mod stickiness;

@@ -47,6 +47,15 @@ pub struct FileListener {
     pub tls: Option<FileTls>,
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub proxy_protocol: Option<FileProxyProtocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxyProtocol {
+    /// Balancers (CIDR or single addresses) that must send the header.
+    pub accept_from: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,6 +91,9 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Origins every WebSocket on this listener must come from (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
+    /// Peers that must start each connection with a PROXY protocol header
+    /// (`None`: the protocol is off and the TCP peer is the client).
+    pub proxy_protocol: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Listener {
@@ -378,6 +381,11 @@ impl Validator<'_> {
     }
 
     fn trusted_proxies(&mut self, list: &[String]) -> Vec<ipnet::IpNet> {
+        self.networks("trusted_proxies", list)
+    }
+
+    /// Addresses or CIDRs, each checked, under `path`.
+    fn networks(&mut self, path: &str, list: &[String]) -> Vec<ipnet::IpNet> {
         let mut out = Vec::new();
         for (i, entry) in list.iter().enumerate() {
             let parsed = entry
@@ -386,7 +394,7 @@ impl Validator<'_> {
             match parsed {
                 Ok(net) => out.push(net.trunc()),
                 Err(_) => self.problem(
-                    &format!("trusted_proxies[{i}]"),
+                    &format!("{path}[{i}]"),
                     format!("`{entry}` is not an address or CIDR such as 10.0.0.0/8"),
                 ),
             }
@@ -536,11 +544,19 @@ impl Validator<'_> {
             let tls = l.tls.map(|t| self.tls(t, &format!("{path}.tls"), base));
             let allowed_origins =
                 self.origins(&format!("{path}.allowed_origins"), l.allowed_origins);
+            let proxy_protocol = l.proxy_protocol.map(|p| {
+                let key = format!("{path}.proxy_protocol.accept_from");
+                if p.accept_from.is_empty() {
+                    self.problem(&key, "name the balancers that send the header (CIDRs)");
+                }
+                self.networks(&key, &p.accept_from)
+            });
             out.push(Listener {
                 name: l.name,
                 address,
                 tls,
                 allowed_origins,
+                proxy_protocol,
             });
         }
         out

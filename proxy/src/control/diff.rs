@@ -63,13 +63,15 @@ fn pool_policies_differ(old: &Config, new: &Config) -> bool {
     })
 }
 
-/// Whether a listener present in both configs changed its Origin policy,
-/// which (unlike its socket) takes effect without a restart.
+/// Whether a listener present in both configs changed its Origin policy or
+/// its PROXY protocol sources, which (unlike its socket) take effect
+/// without a restart.
 fn listener_policies_differ(old: &Config, new: &Config) -> bool {
     new.listeners.iter().any(|l| {
-        old.listeners
-            .iter()
-            .any(|o| o.name == l.name && o.allowed_origins != l.allowed_origins)
+        old.listeners.iter().any(|o| {
+            o.name == l.name
+                && (o.allowed_origins != l.allowed_origins || o.proxy_protocol != l.proxy_protocol)
+        })
     })
 }
 

@@ -18,7 +18,7 @@ pub(crate) struct Metrics {
     /// Client connections now, and the limit they are admitted under.
     pub client_connections: (usize, usize),
     /// Connections and upgrades refused at a limit, by reason label.
-    pub refused: [(&'static str, u64); 4],
+    pub refused: [(&'static str, u64); 5],
 }
 
 fn label(s: &str) -> String {
@@ -220,6 +220,7 @@ mod tests {
                 ("per_ip", 0),
                 ("per_ip_rate", 0),
                 ("x", 0),
+                ("proxy_protocol", 0),
             ],
         };
         let text = render(&m);

@@ -90,12 +90,48 @@ impl ServerApp for ListenerApp {
         // memory and CPU on every idle tunnel; the duplicate socket above
         // now owns the connection.
         drop(stream);
-        let Ok(addr) = tcp.peer_addr() else {
+        let Ok(peer) = tcp.peer_addr() else {
             tracing::debug!("connection without a peer address; dropped");
             return None;
         };
+        let mut tcp = tcp;
         let routing = self.gateway.routing();
-        let limits = routing.snapshot.load().config.limits;
+        let (limits, proxy_protocol) = {
+            let snapshot = routing.snapshot.load();
+            let listener = snapshot
+                .config
+                .listeners
+                .iter()
+                .find(|l| *l.name == *self.name);
+            (
+                snapshot.config.limits,
+                listener.and_then(|l| l.proxy_protocol.clone()),
+            )
+        };
+        // Behind a balancer the client is who its PROXY header says, for
+        // every use of the address: limits, client_ip hashing, headers, logs.
+        let addr = match proxy_protocol {
+            None => peer,
+            Some(accept_from) => {
+                let read = super::proxied::client_address(
+                    &mut tcp,
+                    peer,
+                    &accept_from,
+                    self.handshake_timeout,
+                );
+                match read.await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        routing
+                            .admission
+                            .refused_proxy_protocol
+                            .fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, error = %e, "connection refused: PROXY protocol");
+                        return None;
+                    }
+                }
+            }
+        };
         let slot = match routing
             .admission
             .admit(addr.ip(), &limits, std::time::Instant::now())

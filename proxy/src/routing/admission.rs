@@ -109,6 +109,9 @@ pub struct Admission {
     refused_rate: AtomicU64,
     /// Upgrades answered 503 because their backend was at its limit.
     pub refused_backend: AtomicU64,
+    /// Connections without a valid PROXY protocol header where one is due,
+    /// or with one from a peer not allowed to send it.
+    pub refused_proxy_protocol: AtomicU64,
 }
 
 impl Default for Admission {
@@ -122,6 +125,7 @@ impl Default for Admission {
             refused_per_ip: AtomicU64::new(0),
             refused_rate: AtomicU64::new(0),
             refused_backend: AtomicU64::new(0),
+            refused_proxy_protocol: AtomicU64::new(0),
         }
     }
 }
@@ -166,12 +170,13 @@ impl Admission {
     }
 
     /// Each refusal reason's metric label with its count.
-    pub fn refusals(&self) -> [(&'static str, u64); 4] {
+    pub fn refusals(&self) -> [(&'static str, u64); 5] {
         [
             ("max_connections", &self.refused_max),
             ("per_ip", &self.refused_per_ip),
             ("per_ip_rate", &self.refused_rate),
             ("backend_max_connections", &self.refused_backend),
+            ("proxy_protocol", &self.refused_proxy_protocol),
         ]
         .map(|(label, n)| (label, n.load(Relaxed)))
     }
