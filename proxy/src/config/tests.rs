@@ -148,3 +148,52 @@ fn header_limit_below_hyper_minimum_is_rejected() {
     let src = GOOD.replace("max_header_bytes: 16KiB", "max_header_bytes: 4096");
     assert_eq!(problems(&src)[0].path, "limits.max_header_bytes");
 }
+
+#[test]
+fn the_hardening_keys_are_validated_with_positions() {
+    let base = "listeners:\n  - name: a\n    address: \"127.0.0.1:1\"\n    proxy_protocol: { accept_from: [10.0.0.0/8, not-a-cidr] }\n    allowed_origins: []\n\
+routes:\n  - { path_prefix: \"/a//b\", pool: p, backend_response: 200h }\n\
+pools:\n  p:\n    allowed_origins: [\"https://ok.example\"]\n    backends: [{ id: b, address: \"h:1\", max_connections: 0 }]\n\
+trusted_proxies: [192.0.2.7, 10.0.0.0/33]\n\
+limits: { max_connections_per_ip: 0, max_message_bytes: 2GiB }\n\
+timeouts: { body: 0s, write: 169h }\n";
+    let p = problems(base);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "listeners[0].proxy_protocol.accept_from[1]",
+        "listeners[0].allowed_origins",
+        "routes[0].path_prefix",
+        "routes[0].backend_response",
+        "pools.p.backends[0].max_connections",
+        "trusted_proxies[1]",
+        "limits.max_connections_per_ip",
+        "limits.max_message_bytes",
+        "timeouts.body",
+        "timeouts.write",
+    ] {
+        assert!(paths.contains(&want), "no problem at {want}: {paths:?}");
+    }
+    assert!(
+        p.iter()
+            .all(|p| p.location.starts_with("test.yaml:") && p.location.matches(':').count() == 2),
+        "every problem has a line and column: {p:?}"
+    );
+
+    let good = "listeners:\n  - name: a\n    address: \"127.0.0.1:1\"\n    proxy_protocol: { accept_from: [10.0.0.0/8, 192.0.2.7] }\n\
+routes: [{ pool: p, backend_response: 30s }]\n\
+pools: { p: { backends: [{ id: b, address: \"h:1\", max_connections: 100 }] } }\n\
+trusted_proxies: [\"10.1.2.3/8\"]\n";
+    let c = Config::from_source(good, "test.yaml", std::path::Path::new(".")).unwrap();
+    assert_eq!(
+        c.listeners[0].proxy_protocol.as_ref().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        c.trusted_proxies[0].to_string(),
+        "10.0.0.0/8",
+        "host bits are cleared"
+    );
+    assert_eq!(c.routes[0].backend_response, Some(Duration::from_secs(30)));
+    assert_eq!(c.pools[0].backends[0].max_connections, Some(100));
+    assert_eq!(c.limits.max_connections, None, "derived at startup");
+}
