@@ -20,6 +20,12 @@ pub const HEALTH_FALL: u32 = 3;
 /// `pools.*.health_check.rise`: consecutive successes that bring it back.
 pub const HEALTH_RISE: u32 = 2;
 
+/// `routes[].heartbeat.interval`: client silence before wsgate's Ping.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// `routes[].heartbeat.timeout`: silence after the Ping before the client
+/// counts as gone.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `runtime.shutdown_window`: SIGTERM's 1001 closes are spread over this.
 pub const SHUTDOWN_WINDOW: Duration = Duration::from_secs(10);
 /// `runtime.threads`: 0 means one worker thread per core.

@@ -96,6 +96,15 @@ pub struct FileRoute {
     /// Overrides `timeouts.backend_response` for this route (long-polls).
     #[serde(default)]
     pub backend_response: Option<String>,
+    #[serde(default)]
+    pub heartbeat: Option<FileHeartbeat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHeartbeat {
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
 }
 
 fn default_prefix() -> String {

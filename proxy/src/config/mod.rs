@@ -132,6 +132,8 @@ pub struct Route {
     pub allowed_origins: Option<Vec<String>>,
     /// Overrides `timeouts.backend_response` (e.g. for long-polls).
     pub backend_response: Option<Duration>,
+    /// Proxy-level heartbeats toward the route's WebSocket clients.
+    pub heartbeat: Option<crate::tunnel::Heartbeat>,
 }
 
 /// What to do when none of a route's sticky-key sources is present.
@@ -716,6 +718,18 @@ impl Validator<'_> {
                     Timeouts::default().backend_response,
                 )
             });
+            let heartbeat = r.heartbeat.map(|h| crate::tunnel::Heartbeat {
+                interval: self.duration(
+                    &format!("{path}.heartbeat.interval"),
+                    h.interval,
+                    defaults::HEARTBEAT_INTERVAL,
+                ),
+                timeout: self.duration(
+                    &format!("{path}.heartbeat.timeout"),
+                    h.timeout,
+                    defaults::HEARTBEAT_TIMEOUT,
+                ),
+            });
             out.push(Route {
                 host,
                 path_prefix: r.path_prefix,
@@ -724,6 +738,7 @@ impl Validator<'_> {
                 on_missing_key,
                 allowed_origins,
                 backend_response,
+                heartbeat,
             });
         }
         out

@@ -279,7 +279,7 @@ impl Gateway {
                         routing: self.routing.clone(),
                         conns: choice.conns.clone(),
                         key_hash,
-                        cfg: tunnel_config(config),
+                        cfg: tunnel_config(config, route),
                         client: client.clone(),
                     },
                     span,
@@ -297,11 +297,12 @@ impl Gateway {
     }
 }
 
-fn tunnel_config(config: &Config) -> TunnelConfig {
+fn tunnel_config(config: &Config, route: &crate::config::Route) -> TunnelConfig {
     TunnelConfig {
         idle: config.timeouts.idle,
         close_timeout: config.timeouts.close,
         max_message_bytes: config.limits.max_message_bytes,
+        heartbeat: route.heartbeat,
     }
 }
 

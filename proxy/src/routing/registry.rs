@@ -141,6 +141,7 @@ pub struct CloseCounters {
     pub shutdown: AtomicU64,
     pub drain: AtomicU64,
     pub protocol: AtomicU64,
+    pub heartbeat: AtomicU64,
 }
 
 impl CloseCounters {
@@ -149,6 +150,7 @@ impl CloseCounters {
             CloseCause::BackendGone => &self.backend_gone,
             CloseCause::ClientGone => &self.client_gone,
             CloseCause::Idle => &self.idle,
+            CloseCause::Heartbeat => &self.heartbeat,
             CloseCause::Shutdown => &self.shutdown,
             CloseCause::Drain(_) => &self.drain,
             CloseCause::ClientProtocol(_) | CloseCause::BackendProtocol(_) => &self.protocol,
@@ -157,7 +159,7 @@ impl CloseCounters {
     }
 
     /// Each cause's metric label with its count.
-    pub fn by_cause(&self) -> [(&'static str, u64); 6] {
+    pub fn by_cause(&self) -> [(&'static str, u64); 7] {
         [
             ("backend_gone", &self.backend_gone),
             ("client_gone", &self.client_gone),
@@ -165,6 +167,7 @@ impl CloseCounters {
             ("shutdown", &self.shutdown),
             ("drain", &self.drain),
             ("protocol", &self.protocol),
+            ("heartbeat", &self.heartbeat),
         ]
         .map(|(label, n)| (label, n.load(Relaxed)))
     }

@@ -40,6 +40,7 @@ mod tests {
             on_missing_key: OnMissingKey::ClientIp,
             allowed_origins: None,
             backend_response: None,
+            heartbeat: None,
         }
     }
 

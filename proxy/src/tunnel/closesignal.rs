@@ -25,6 +25,9 @@ pub enum CloseCause {
     BackendGone,
     /// The client vanished without a Close: the backend gets 1001.
     ClientGone,
+    /// The client answered nothing, not even wsgate's heartbeat Ping, for
+    /// the route's `heartbeat.interval + timeout`: as `ClientGone`.
+    Heartbeat,
     /// No bytes either way for the idle timeout: both get 1001.
     Idle,
     /// wsgate is shutting down or upgrading: both get 1001.
@@ -45,7 +48,7 @@ impl CloseCause {
     pub(crate) fn to_client(self) -> Option<(u16, &'static str)> {
         match self {
             CloseCause::BackendGone => Some((close_code::BAD_GATEWAY, "backend connection lost")),
-            CloseCause::ClientGone => None,
+            CloseCause::ClientGone | CloseCause::Heartbeat => None,
             CloseCause::Idle => Some((close_code::GOING_AWAY, "idle timeout")),
             CloseCause::Shutdown => Some((close_code::GOING_AWAY, "proxy shutting down")),
             CloseCause::Drain(code) => Some((code, "backend draining, please reconnect")),
@@ -122,6 +125,7 @@ fn encode(cause: CloseCause) -> u32 {
     let (kind, code) = match cause {
         CloseCause::BackendGone => (1, 0),
         CloseCause::ClientGone => (2, 0),
+        CloseCause::Heartbeat => (8, 0),
         CloseCause::Idle => (3, 0),
         CloseCause::Shutdown => (4, 0),
         CloseCause::Drain(code) => (5, code),
@@ -141,6 +145,7 @@ fn decode(word: u32) -> Option<CloseCause> {
         5 => CloseCause::Drain(code),
         6 => CloseCause::ClientProtocol(code),
         7 => CloseCause::BackendProtocol(code),
+        8 => CloseCause::Heartbeat,
         _ => return None,
     })
 }
@@ -155,6 +160,7 @@ mod tests {
         for cause in [
             CloseCause::BackendGone,
             CloseCause::ClientGone,
+            CloseCause::Heartbeat,
             CloseCause::Idle,
             CloseCause::Shutdown,
             CloseCause::Drain(1012),

@@ -510,6 +510,53 @@ pub fn encode_close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> ControlFr
     encode_control(Opcode::Close, &payload[..2 + reason_len], mask)
 }
 
+/// An unmasked Ping frame with `payload` (at most 125 bytes), as a server
+/// sends it to a client.
+pub fn encode_ping(payload: &[u8]) -> ControlFrame {
+    encode_control(Opcode::Ping, payload, None)
+}
+
+/// The byte range of the first masked Pong frame in `buf` whose unmasked
+/// payload is `payload`, looking only at complete frames from the start of
+/// `buf` (which must be at a frame boundary) and stopping at the first
+/// incomplete one. Pure; used to take wsgate's own heartbeat Pong out of
+/// the client's stream before it reaches the backend.
+pub fn find_pong(buf: &[u8], payload: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut pos = 0usize;
+    loop {
+        let b0 = *buf.get(pos)?;
+        let b1 = *buf.get(pos + 1)?;
+        let masked = b1 & 0x80 != 0;
+        let (len, ext) = match b1 & 0x7F {
+            126 => (
+                u64::from(u16::from_be_bytes([*buf.get(pos + 2)?, *buf.get(pos + 3)?])),
+                2,
+            ),
+            127 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(buf.get(pos + 2..pos + 10)?);
+                (u64::from_be_bytes(n), 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        let header = 2 + ext + if masked { 4 } else { 0 };
+        let end = u64::try_from(pos + header).ok()?.checked_add(len)?;
+        let end = usize::try_from(end).ok().filter(|&e| e <= buf.len())?;
+        if b0 == 0x80 | Opcode::Pong.as_u8() && masked && len == payload.len() as u64 {
+            let mut key = [0u8; 4];
+            key.copy_from_slice(buf.get(pos + header - 4..pos + header)?);
+            let mut staged = [0u8; MAX_CONTROL_PAYLOAD];
+            let body = staged.get_mut(..payload.len())?;
+            body.copy_from_slice(buf.get(pos + header..end)?);
+            apply_mask(body, key, 0);
+            if body == payload {
+                return Some(pos..end);
+            }
+        }
+        pos = end;
+    }
+}
+
 /// Why a Close payload is invalid.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CloseParseError {
@@ -644,6 +691,29 @@ mod tests {
             None,
             "a masked server frame, its header begun in an earlier chunk"
         );
+    }
+
+    #[test]
+    fn find_pong_finds_only_a_complete_masked_pong_with_that_payload() {
+        let ours = b"wsgate-heartbeat";
+        let pong = |payload: &[u8], mask| encode_control(Opcode::Pong, payload, mask);
+        let mut stream = frame(0x81, Some(KEY), 300, Form::Minimal);
+        stream.extend_from_slice(pong(b"theirs", Some(KEY)).as_bytes());
+        let start = stream.len();
+        stream.extend_from_slice(pong(ours, Some([1, 2, 3, 4])).as_bytes());
+        let end = stream.len();
+        stream.extend(frame(0x82, Some(KEY), 5, Form::Minimal));
+        assert_eq!(find_pong(&stream, ours), Some(start..end));
+        assert_eq!(find_pong(&stream[..end - 1], ours), None, "incomplete");
+        assert_eq!(
+            find_pong(pong(ours, None).as_bytes(), ours),
+            None,
+            "unmasked"
+        );
+        assert_eq!(find_pong(&stream[..start], ours), None);
+        assert_eq!(find_pong(&[], ours), None);
+        let ping = encode_ping(ours);
+        assert_eq!(&ping.as_bytes()[..2], &[0x89, ours.len() as u8]);
     }
 
     fn tracker_for(mask: Option<[u8; 4]>) -> FrameTracker {

@@ -18,6 +18,13 @@
 //!
 //! A half-close after a peer's own Close is passed through as a TCP
 //! shutdown of the other side's write half.
+//!
+//! With a route's `heartbeat`, a client silent for `interval` gets a Ping
+//! from wsgate at a frame boundary (payload [`HEARTBEAT_PAYLOAD`]); its
+//! Pong is taken out of the stream before the backend sees it, and a
+//! client still silent `timeout` after the Ping is gone
+//! ([`CloseCause::Heartbeat`]: the backend gets 1001). Any bytes from the
+//! client count as life, so a client that is talking is never pinged.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,13 +38,40 @@ use tokio::time::Instant;
 
 use super::bufpool;
 use super::closesignal::{CloseCause, CloseSignal};
-use super::frame::{encode_close, Broken, FrameTracker, Sender};
+use super::frame::{encode_close, encode_ping, find_pong, Broken, FrameTracker, Sender};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelConfig {
     pub idle: Duration,
     pub close_timeout: Duration,
     pub max_message_bytes: u64,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// Proxy-level heartbeats toward the client (`routes[].heartbeat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Client silence before wsgate sends a Ping.
+    pub interval: Duration,
+    /// Further silence after the Ping before the client counts as gone.
+    pub timeout: Duration,
+}
+
+/// The payload of wsgate's own Pings, by which their Pongs are told from
+/// the answers to the backend's.
+pub const HEARTBEAT_PAYLOAD: &[u8] = b"wsgate-heartbeat";
+
+/// `Shared::ping` values besides a send time: none outstanding, or one
+/// asked of the client-bound pump and not written yet.
+const PING_NONE: u64 = 0;
+const PING_WANTED: u64 = 1;
+
+/// What the heartbeat rule says when the timer fires.
+enum Beat {
+    /// Check again at this time.
+    At(Instant),
+    /// The client is gone.
+    Dead,
 }
 
 /// What happened, for the connection's log line and metrics.
@@ -65,7 +99,12 @@ enum Dir {
 struct Shared<'a> {
     signal: &'a CloseSignal,
     start: Instant,
-    last_activity: AtomicU64,
+    /// When bytes last came from each side, by the [`Dir`] of the pump that
+    /// read them: from the client at 0, from the backend at 1.
+    seen: [AtomicU64; 2],
+    /// The heartbeat: `PING_NONE`, `PING_WANTED`, or 1 + when the Ping went
+    /// out.
+    ping: AtomicU64,
     closing_since: AtomicU64,
     /// Bumped whenever a pump decides a cause or a close starts, so the
     /// supervisor polls both pumps again before the task sleeps: the other
@@ -84,7 +123,8 @@ impl<'a> Shared<'a> {
         Shared {
             signal,
             start: Instant::now(),
-            last_activity: AtomicU64::new(0),
+            seen: [AtomicU64::new(0), AtomicU64::new(0)],
+            ping: AtomicU64::new(PING_NONE),
             closing_since: AtomicU64::new(0),
             changes: AtomicU32::new(0),
             close_sent_at: AtomicU64::new(0),
@@ -105,12 +145,49 @@ impl<'a> Shared<'a> {
         self.start + Duration::from_nanos(nanos)
     }
 
-    fn touch(&self) {
-        self.last_activity.store(self.now(), Relaxed);
+    fn touch(&self, from: Dir) {
+        self.seen[from as usize].store(self.now(), Relaxed);
+    }
+
+    fn last_activity_nanos(&self) -> u64 {
+        self.seen[0].load(Relaxed).max(self.seen[1].load(Relaxed))
     }
 
     fn last_activity(&self) -> Instant {
-        self.at(self.last_activity.load(Relaxed))
+        self.at(self.last_activity_nanos())
+    }
+
+    /// The heartbeat rule, applied when the timer fires (pure but for the
+    /// state it advances): ask for a Ping after `interval` of client
+    /// silence; forget it once the client sends anything; the client is
+    /// gone if it stays silent `timeout` after the Ping went out.
+    fn beat(&self, hb: Heartbeat, now: Instant) -> Beat {
+        let client = self.at(self.seen[0].load(Relaxed));
+        match self.ping.load(Relaxed) {
+            PING_NONE => {
+                let due = client + hb.interval;
+                if due > now {
+                    return Beat::At(due);
+                }
+                self.ping.store(PING_WANTED, Relaxed);
+                // Wake the pumps: the client-bound one writes the Ping.
+                self.changes.fetch_add(1, Relaxed);
+                Beat::At(now + hb.timeout)
+            }
+            // Not written yet (the client-bound pump is mid-frame).
+            PING_WANTED => Beat::At(now + hb.timeout),
+            sent => {
+                let sent_at = self.at(sent - 1);
+                if client > sent_at {
+                    self.ping.store(PING_NONE, Relaxed);
+                    Beat::At(client + hb.interval)
+                } else if sent_at + hb.timeout <= now {
+                    Beat::Dead
+                } else {
+                    Beat::At(sent_at + hb.timeout)
+                }
+            }
+        }
     }
 
     fn cause(&self) -> Option<CloseCause> {
@@ -127,7 +204,7 @@ impl<'a> Shared<'a> {
             return None;
         }
         let from = if self.awaiting_boundary.iter().any(|a| a.load(Relaxed)) {
-            self.last_activity.load(Relaxed)
+            self.last_activity_nanos()
         } else {
             since.max(self.close_sent_at.load(Relaxed))
         };
@@ -221,13 +298,13 @@ where
         let mut to_backend = Pump::new(
             Dir::ToBackend,
             &shared,
-            cfg.max_message_bytes,
+            cfg,
             std::mem::take(&mut client.early),
         );
         let mut to_client = Pump::new(
             Dir::ToClient,
             &shared,
-            cfg.max_message_bytes,
+            cfg,
             std::mem::take(&mut backend.early),
         );
         let timed_out = {
@@ -235,10 +312,14 @@ where
                 to_backend.run(&mut client.read, &mut backend.write),
                 to_client.run(&mut backend.read, &mut client.write),
             ));
-            // One timer: the idle check, re-armed lazily when it fires (not on
-            // every message), then the close deadline once a close starts.
+            // One timer: the idle and heartbeat checks, re-armed lazily when
+            // it fires (not on every message), then the close deadline once
+            // a close starts.
+            let first = cfg
+                .heartbeat
+                .map_or(cfg.idle, |hb| hb.interval.min(cfg.idle));
             let mut timer =
-                std::pin::pin!(tokio::time::sleep_until(shared.last_activity() + cfg.idle));
+                std::pin::pin!(tokio::time::sleep_until(shared.last_activity() + first));
             let mut close_armed = false;
             std::future::poll_fn(|cx| loop {
                 let seen = shared.changes();
@@ -266,12 +347,21 @@ where
                             _ => return Poll::Ready(true),
                         }
                     }
+                    let now = Instant::now();
                     let idle_until = shared.last_activity() + cfg.idle;
-                    if idle_until <= Instant::now() {
+                    if idle_until <= now {
                         shared.decide(CloseCause::Idle);
-                    } else {
-                        timer.as_mut().reset(idle_until);
+                        continue;
                     }
+                    let next = match cfg.heartbeat.map(|hb| shared.beat(hb, now)) {
+                        Some(Beat::Dead) => {
+                            shared.decide(CloseCause::Heartbeat);
+                            continue;
+                        }
+                        Some(Beat::At(at)) => at.min(idle_until),
+                        None => idle_until,
+                    };
+                    timer.as_mut().reset(next);
                     continue;
                 }
                 if shared.changes() == seen {
@@ -299,13 +389,14 @@ where
     }
 }
 
-/// Ready once a close cause is decided. It registers no waker of its own:
-/// the pumps run in the tunnel's task, whose supervisor registers for
-/// causes set from outside and re-polls after causes decided inside. One
+/// Ready once a close cause is decided, or (when `can_ping`) a heartbeat
+/// Ping is wanted. It registers no waker of its own: the pumps run in the
+/// tunnel's task, whose supervisor registers for causes set from outside
+/// and re-polls after causes decided (or Pings asked for) inside. One
 /// waiter per tunnel instead of three keeps idle tunnels small.
-fn cause_decided<'a>(shared: &'a Shared<'_>) -> impl Future<Output = ()> + 'a {
+fn attention<'a>(shared: &'a Shared<'_>, can_ping: bool) -> impl Future<Output = ()> + 'a {
     std::future::poll_fn(move |_| {
-        if shared.cause().is_some() {
+        if shared.cause().is_some() || (can_ping && shared.ping.load(Relaxed) == PING_WANTED) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -342,10 +433,13 @@ struct Pump<'a> {
     /// Everything written to the destination ends at a frame boundary.
     /// Kept apart from the tracker, whose state is undefined after an error.
     dst_at_boundary: bool,
+    /// The route has heartbeats: this pump writes the Pings (client-bound)
+    /// or takes their Pongs out (backend-bound).
+    heartbeat: bool,
 }
 
 impl<'a> Pump<'a> {
-    fn new(dir: Dir, shared: &'a Shared<'a>, max_message_bytes: u64, early: Early) -> Self {
+    fn new(dir: Dir, shared: &'a Shared<'a>, cfg: &TunnelConfig, early: Early) -> Self {
         let sender = match dir {
             Dir::ToBackend => Sender::Client,
             Dir::ToClient => Sender::Server,
@@ -354,11 +448,29 @@ impl<'a> Pump<'a> {
             dir,
             shared,
             early,
-            tracker: FrameTracker::new(sender, max_message_bytes),
+            tracker: FrameTracker::new(sender, cfg.max_message_bytes),
             broken: false,
             source_closed: false,
             dst_at_boundary: true,
+            heartbeat: cfg.heartbeat.is_some(),
         }
+    }
+
+    /// A Ping may be written now: the client-bound pump of a route with
+    /// heartbeats, between frames.
+    fn can_ping(&self) -> bool {
+        self.heartbeat && self.dir == Dir::ToClient && self.dst_at_boundary
+    }
+
+    /// Writes the wanted heartbeat Ping, if one is wanted and it can go now.
+    async fn ping_if_wanted<W: AsyncWrite + Unpin>(&self, dst: &mut W) -> std::io::Result<()> {
+        if !self.can_ping() || self.shared.ping.load(Relaxed) != PING_WANTED {
+            return Ok(());
+        }
+        let frame = encode_ping(HEARTBEAT_PAYLOAD);
+        write_flushed(dst, frame.as_bytes()).await?;
+        self.shared.ping.store(self.shared.now() + 1, Relaxed);
+        Ok(())
     }
 
     /// Close code and reason this pump must write to its destination.
@@ -385,7 +497,7 @@ impl<'a> Pump<'a> {
         async move {
             let mut mode = Mode::Forward;
             if !self.early.is_empty() {
-                self.shared.touch();
+                self.shared.touch(self.dir);
                 // Boxed: only a connection's first chunk can take this path.
                 match Box::pin(self.on_early(dst)).await {
                     Ok(Some(next)) => mode = next,
@@ -405,12 +517,17 @@ impl<'a> Pump<'a> {
                             None => Mode::Discard,
                         };
                         self.awaiting(matches!(mode, Mode::CloseAtBoundary(..)));
+                    } else if self.can_ping() && self.shared.ping.load(Relaxed) == PING_WANTED {
+                        // Boxed: once per heartbeat interval at most.
+                        if Box::pin(self.ping_if_wanted(dst)).await.is_err() {
+                            return self.destination_gone();
+                        }
                     }
                 }
                 let read = if mode == Mode::Forward {
                     tokio::select! {
                         biased;
-                        () = cause_decided(self.shared) => continue,
+                        () = attention(self.shared, self.can_ping()) => continue,
                         read = bufpool::read(src) => read,
                     }
                 } else {
@@ -424,7 +541,7 @@ impl<'a> Pump<'a> {
                         return Box::pin(self.on_source_end(dst, mode)).await;
                     }
                 };
-                self.shared.touch();
+                self.shared.touch(self.dir);
                 let next = if mode == Mode::Forward && !self.broken {
                     self.forward_chunk(dst, &bytes).await
                 } else {
@@ -478,6 +595,16 @@ impl<'a> Pump<'a> {
         dst: &mut W,
         bytes: &[u8],
     ) -> std::io::Result<Option<Mode>> {
+        if self.heartbeat
+            && self.dir == Dir::ToBackend
+            && self.shared.ping.load(Relaxed) > PING_WANTED
+            && self.tracker.at_boundary()
+        {
+            if let Some(pong) = find_pong(bytes, HEARTBEAT_PAYLOAD) {
+                // Boxed: once per heartbeat interval at most.
+                return Box::pin(self.forward_around(dst, bytes, pong)).await;
+            }
+        }
         let close_frame_ended = match self.tracker.advance_to_error(bytes) {
             Ok(adv) => adv.close_frame_ended,
             // Boxed: once per connection at most, and inline it would
@@ -491,7 +618,32 @@ impl<'a> Pump<'a> {
             self.source_closed = true;
             self.shared.start_closing();
         }
+        if self.heartbeat {
+            // A Ping wanted while a frame was in flight goes out at its end.
+            Box::pin(self.ping_if_wanted(dst)).await?;
+        }
         Ok(Some(Mode::Forward))
+    }
+
+    /// Forwards `bytes` but `pong`, the Pong that answers wsgate's own Ping
+    /// (found whole in this chunk, the usual case: it arrives as one small
+    /// packet). A Pong split across reads goes through, which the backend
+    /// must accept as an unsolicited Pong (RFC 6455 5.5.3). The Pong is a
+    /// whole control frame starting at a boundary, so skipping it leaves the
+    /// tracker where it was, between frames.
+    async fn forward_around<W: AsyncWrite + Unpin>(
+        &mut self,
+        dst: &mut W,
+        bytes: &[u8],
+        pong: std::ops::Range<usize>,
+    ) -> std::io::Result<Option<Mode>> {
+        let mut next = Some(Mode::Forward);
+        for part in [&bytes[..pong.start], &bytes[pong.end..]] {
+            if !part.is_empty() && next == Some(Mode::Forward) {
+                next = self.forward_chunk(dst, part).await?;
+            }
+        }
+        Ok(next)
     }
 
     /// The source broke the framing rules in `bytes`. The whole frames
@@ -698,8 +850,10 @@ mod tests {
     /// reference and the write became one poll loop, and 1,040 before the
     /// early-bytes slots were boxed and `run` and `Pump::run` stopped being
     /// async fns (888 then, which put the whole plain-ws tunnel task in a
-    /// 1,280-byte allocation instead of 1,536; 912 since the close deadline
-    /// counts from the Close sent); this fails if it grows back.
+    /// 1,280-byte allocation instead of 1,536; 912 once the close deadline
+    /// counted from the Close sent, 928 with per-side activity times and the
+    /// heartbeat state, still within that allocation); this fails if it
+    /// grows back.
     #[test]
     fn idle_tunnel_state_stays_small() {
         let (a, _b) = tokio::io::duplex(64);
@@ -708,6 +862,10 @@ mod tests {
             idle: Duration::from_secs(1),
             close_timeout: Duration::from_secs(1),
             max_message_bytes: 1,
+            heartbeat: Some(Heartbeat {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+            }),
         };
         let side = |io| {
             let (read, write) = tokio::io::split(io);
@@ -721,7 +879,7 @@ mod tests {
         let (mut a, mut c) = (side(a), side(c));
         let f = run(&mut a, &mut c, &cfg, &signal);
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 920, "tunnel future is {size} bytes");
+        assert!(size <= 936, "tunnel future is {size} bytes");
     }
 
     /// Runs a tunnel between two in-memory pipes on a runtime of its own
@@ -750,6 +908,7 @@ mod tests {
                     idle: Duration::from_secs(60),
                     close_timeout,
                     max_message_bytes: 1 << 20,
+                    heartbeat: None,
                 };
                 let side = |io| {
                     let (read, write) = tokio::io::split(io);
