@@ -71,7 +71,8 @@ summary=()
 for t in "${targets[@]}"; do
     work=$root/fuzz/work/$t
     mkdir -p "$work" "$root/fuzz/artifacts/$t"
-    log=$work$($smoke && echo -smoke).log
+    log=$work.log
+    if $smoke; then log=$work-smoke.log; fi
     # Framing bugs need a few headers, not long payloads (lengths are
     # numbers): short inputs run the tracker's four feedings faster.
     case $t in
