@@ -25,6 +25,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod localfault;
 mod process;
