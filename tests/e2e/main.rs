@@ -10,6 +10,7 @@ mod data;
 mod deploys;
 mod edges;
 mod failures;
+mod heartbeat;
 mod limits;
 mod plain_http;
 mod policy;

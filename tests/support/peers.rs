@@ -285,3 +285,32 @@ pub async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+/// The unmasked payloads of the complete frames with `opcode` at the start
+/// of a client→server `stream` (masked frames; unmasked ones as they are).
+pub fn payloads(stream: &[u8], opcode: u8) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for (op, len) in frames(stream) {
+        let masked = stream[pos + 1] & 0x80 != 0;
+        let ext = match stream[pos + 1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let start = pos + 2 + ext + if masked { 4 } else { 0 };
+        let end = start + len as usize;
+        if op == opcode {
+            let mut body = stream[start..end].to_vec();
+            if masked {
+                let key = &stream[start - 4..start];
+                for (i, b) in body.iter_mut().enumerate() {
+                    *b ^= key[i % 4];
+                }
+            }
+            out.push(body);
+        }
+        pos = end;
+    }
+    out
+}
