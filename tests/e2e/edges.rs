@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wsgate_tests::peers::{self, close_frames, RawBackend, Script};
+
+use wsgate_tests::peers::{self, close_frames, eventually, RawBackend, Script};
 use wsgate_tests::*;
 
 const ADMIN: &str = "admin: { address: \"127.0.0.1:0\", token_file: admin.token }\n";
@@ -83,19 +85,10 @@ async fn a_close_split_across_reads_during_a_drain_is_not_answered_twice() {
     let close = encode_frame(0x8, true, b"\x03\xe8bye", Some(MASK));
     s.write_all(&close[..3]).await.unwrap();
     s.flush().await.unwrap();
-    let received = b.received.clone();
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + STEP;
-        while received.lock().map(|r| r.len()).unwrap_or(0) < 3 {
-            assert!(
-                Instant::now() < deadline,
-                "the first bytes never reached the backend"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    eventually("the first bytes to reach the backend", || {
+        (b.received().len() >= 3).then_some(())
     })
-    .await
-    .unwrap();
+    .await;
     let handle = gate.cli_handle();
     tokio::task::spawn_blocking(move || {
         let (code, out, err) = handle
@@ -111,19 +104,10 @@ async fn a_close_split_across_reads_during_a_drain_is_not_answered_twice() {
     // The backend answers the client's Close; the tunnel then ends.
     let mut rest = Vec::new();
     let _ = tokio::time::timeout(STEP, s.read_to_end(&mut rest)).await;
-    let ended = b.ended.clone();
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + STEP;
-        while ended.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the backend connection never ended"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    eventually("the backend connection to end", || {
+        (b.ended.load(Relaxed) > 0).then_some(())
     })
-    .await
-    .unwrap();
+    .await;
     // wsgate used to finish the client's Close and then send its own.
     assert_eq!(close_frames(&b.received()), 1, "{:?}", b.received());
 }
@@ -140,23 +124,11 @@ async fn a_framing_error_still_delivers_the_messages_before_it() {
     assert_eq!(read_close_code(&mut s).await.unwrap(), Some(1002));
     // The backend gets "before", then wsgate's Close at that boundary. It
     // used to get only the Close: the whole chunk was dropped.
-    let received = b.received.clone();
-    let got = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let bytes = received.lock().map(|r| r.clone()).unwrap_or_default();
-            if close_frames(&bytes) > 0 {
-                return bytes;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no Close reached the backend: {bytes:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let got = eventually("a Close to reach the backend", || {
+        let bytes = b.received();
+        (close_frames(&bytes) > 0).then_some(bytes)
     })
-    .await
-    .unwrap();
+    .await;
     let frames = peers::frames(&got);
     assert_eq!(frames.first(), Some(&(0x1, 6)), "{frames:?}");
     assert_eq!(frames.get(1).map(|f| f.0), Some(0x8), "{frames:?}");
@@ -185,20 +157,11 @@ async fn a_client_that_stops_reading_a_response_is_cut_at_the_write_timeout() {
         .await
         .unwrap();
     // Never read. wsgate used to hold both connections for ever.
-    let ended = b.ended.clone();
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + STEP;
-        while ended.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the backend connection is still held"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    eventually("wsgate to let the backend connection go", || {
+        (b.ended.load(Relaxed) > 0).then_some(())
     })
-    .await
-    .unwrap();
-    let sent = b.written.load(std::sync::atomic::Ordering::Relaxed);
+    .await;
+    let sent = b.written.load(Relaxed);
     assert!(sent < 100 << 20, "stopped early, after {sent} bytes");
     drop(s);
 }

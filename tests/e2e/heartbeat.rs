@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use wsgate_tests::peers::{self, payloads, RawBackend, Script};
+use wsgate_tests::peers::{self, eventually, payloads, RawBackend, Script};
 use wsgate_tests::*;
 
 const HEARTBEAT: &str = "    heartbeat: { interval: 1s, timeout: 1s }\n";
@@ -34,20 +34,11 @@ async fn a_client_that_stops_answering_is_found_and_its_backend_told() {
     let head = read_head(&mut s).await.unwrap();
     assert!(head.starts_with(b"HTTP/1.1 101"));
     let upgraded = Instant::now();
-    let received = b.received.clone();
-    let (code, after) = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let bytes = received.lock().map(|r| r.clone()).unwrap_or_default();
-            if let Some(close) = payloads(&bytes, 0x8).first() {
-                return (u16::from_be_bytes([close[0], close[1]]), upgraded.elapsed());
-            }
-            assert!(Instant::now() < deadline, "the backend was never told");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    let (code, after) = eventually("the backend to be told", || {
+        let close = payloads(&b.received(), 0x8).into_iter().next()?;
+        Some((u16::from_be_bytes([close[0], close[1]]), upgraded.elapsed()))
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(code, 1001);
     // interval + timeout, plus a second of slack.
     assert!(after < Duration::from_secs(3), "found after {after:?}");

@@ -314,3 +314,20 @@ pub fn payloads(stream: &[u8], opcode: u8) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most
+/// [`STEP`]; panics naming `what` otherwise. For conditions on state a
+/// scripted peer records (bytes received, connections ended).
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -176,25 +176,11 @@ impl ResolvesServerCert for Certificates {
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::*;
-    use crate::edge::tls::{generate_dev_cert, load_certified_key};
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wsgate-certs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    fn key_for(dir: &Path, tag: &str) -> Arc<CertifiedKey> {
-        let (c, k) = (
-            dir.join(format!("{tag}.crt")),
-            dir.join(format!("{tag}.key")),
-        );
-        generate_dev_cert(&c, &k).unwrap();
-        load_certified_key(&rustls::crypto::ring::default_provider(), &c, &k).unwrap()
-    }
+    use crate::edge::tls::generate_dev_cert;
+    use crate::edge::tls::tests::{key_for, temp_dir};
 
     fn tls_of(cert: &Path, key: &Path) -> config::Tls {
         config::Tls {

@@ -135,16 +135,17 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    pub(in crate::edge) fn temp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("wsgate-tls-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }
 
-    fn key_for(dir: &Path, tag: &str) -> Arc<CertifiedKey> {
+    /// A freshly generated development certificate `dir/tag.crt`, loaded.
+    pub(in crate::edge) fn key_for(dir: &Path, tag: &str) -> Arc<CertifiedKey> {
         let (c, k) = (
             dir.join(format!("{tag}.crt")),
             dir.join(format!("{tag}.key")),
