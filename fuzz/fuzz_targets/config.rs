@@ -90,11 +90,11 @@ fn locator_disagrees(source: &str) -> bool {
 /// Smallest case: fuzz/artifacts-found/config/two-documents-no-position.
 const TOLERATE_UNPLACED_SECOND_DOCUMENT: bool = true;
 
-/// Known defect, tolerated until it is fixed (then make this `false`): a
-/// file that is one scalar (a PEM key or certificate passed as `-c` by
-/// mistake) comes back whole in serde's "invalid type: string ..." message.
-/// Cases: fuzz/artifacts-found/config/scalar-document-echoed, pem-key-echoed.
-const TOLERATE_ECHOED_SCALAR_DOCUMENT: bool = true;
+/// Fixed (config::elide_long_values): a file that is one scalar (a PEM key
+/// or certificate passed as `-c` by mistake) came back whole in serde's
+/// "invalid type: string ..." message. Regression cases:
+/// fuzz/artifacts-found/config/scalar-document-echoed, pem-key-echoed.
+const TOLERATE_ECHOED_SCALAR_DOCUMENT: bool = false;
 
 fn known_positionless(p: &Problem) -> bool {
     TOLERATE_UNPLACED_SECOND_DOCUMENT && p.message.contains("more than one document")

@@ -279,7 +279,7 @@ impl Config {
                 return Err(ConfigError::Invalid(vec![Problem {
                     location,
                     path,
-                    message: strip_position(&inner.to_string()),
+                    message: elide_long_values(&strip_position(&inner.to_string())),
                 }]));
             }
         };
@@ -326,6 +326,48 @@ fn strip_position(message: &str) -> String {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
     }
+}
+
+/// serde quotes a value of the wrong type whole (`invalid type: string
+/// "..."`): for a file that is one long scalar (a private key passed as
+/// `-c` by mistake) that would print the file back. Quoted values longer
+/// than 40 bytes are elided to their length.
+fn elide_long_values(message: &str) -> String {
+    const LONGEST: usize = 40;
+    let mut out = String::with_capacity(message.len().min(256));
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        // The closing quote: the first one not escaped by a backslash.
+        let mut close = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    close = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(close) = close else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let value = &after[..close];
+        if value.len() > LONGEST {
+            out.push_str(&format!("\"…\" ({} bytes)", value.len()));
+        } else {
+            out.push('"');
+            out.push_str(value);
+            out.push('"');
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 struct Validator<'a> {

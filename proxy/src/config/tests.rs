@@ -197,3 +197,18 @@ trusted_proxies: [\"10.1.2.3/8\"]\n";
     assert_eq!(c.pools[0].backends[0].max_connections, Some(100));
     assert_eq!(c.limits.max_connections, None, "derived at startup");
 }
+
+#[test]
+fn a_file_that_is_one_long_string_is_not_printed_back() {
+    let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+    let text = Config::from_source(key, "k.pem", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(!text.contains("MIGHAgEAMBMG"), "{text}");
+    assert!(text.contains("bytes)"), "{text}");
+    assert_eq!(
+        elide_long_values(r#"unknown field "tls", expected "x""#),
+        r#"unknown field "tls", expected "x""#
+    );
+    assert_eq!(elide_long_values(r#"a "b\"c" d"#), r#"a "b\"c" d"#);
+}
