@@ -456,6 +456,13 @@ impl<'a> Pump<'a> {
         }
     }
 
+    /// The backend-bound pump of a route with heartbeats, while wsgate's
+    /// Ping is out: its chunks take the (boxed) path that looks for the
+    /// Pong, so the hot path of every other chunk does not.
+    fn pong_expected(&self) -> bool {
+        self.heartbeat && self.dir == Dir::ToBackend && self.shared.ping.load(Relaxed) > PING_WANTED
+    }
+
     /// A Ping may be written now: the client-bound pump of a route with
     /// heartbeats, between frames.
     fn can_ping(&self) -> bool {
@@ -542,7 +549,7 @@ impl<'a> Pump<'a> {
                     }
                 };
                 self.shared.touch(self.dir);
-                let next = if mode == Mode::Forward && !self.broken {
+                let next = if mode == Mode::Forward && !self.broken && !self.pong_expected() {
                     self.forward_chunk(dst, &bytes).await
                 } else {
                     // Boxed: only a closing tunnel gets here, and inline this
@@ -595,16 +602,6 @@ impl<'a> Pump<'a> {
         dst: &mut W,
         bytes: &[u8],
     ) -> std::io::Result<Option<Mode>> {
-        if self.heartbeat
-            && self.dir == Dir::ToBackend
-            && self.shared.ping.load(Relaxed) > PING_WANTED
-            && self.tracker.at_boundary()
-        {
-            if let Some(pong) = find_pong(bytes, HEARTBEAT_PAYLOAD) {
-                // Boxed: once per heartbeat interval at most.
-                return Box::pin(self.forward_around(dst, bytes, pong)).await;
-            }
-        }
         let close_frame_ended = match self.tracker.advance_to_error(bytes) {
             Ok(adv) => adv.close_frame_ended,
             // Boxed: once per connection at most, and inline it would
@@ -686,6 +683,12 @@ impl<'a> Pump<'a> {
             return Ok(Some(Mode::Discard));
         }
         match mode {
+            Mode::Forward if self.pong_expected() && self.tracker.at_boundary() => {
+                match find_pong(bytes, HEARTBEAT_PAYLOAD) {
+                    Some(pong) => self.forward_around(dst, bytes, pong).await,
+                    None => self.forward_chunk(dst, bytes).await,
+                }
+            }
             Mode::Forward => self.forward_chunk(dst, bytes).await,
             Mode::Passing => {
                 let next = self.forward_chunk(dst, bytes).await?;
