@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Instructions per forwarded message and per plain-ws handshake, counted by
+# callgrind, for one or more wsgate binaries in the same run:
+#
+#   bench/callgrind.sh OLD_WSGATE NEW_WSGATE [...]
+#
+# Instruction counts do not depend on what else the machine is doing, so an
+# A/B on a shared box is repeatable where CPU seconds are not. Each binary
+# runs twice per workload, for a short and a long period; the difference of
+# the two totals divided by the difference of the work done cancels start-up
+# and the first connections. The remaining spread between runs (about 1%)
+# comes from how messages coalesce into reads, which timing still affects:
+# compare binaries measured in the same run, as ratios.
+#
+# Needs valgrind, and release builds of chat-backend and wsgate-bench
+# (cargo build --release -p backend-example -p wsgate-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
+command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
+release=target/release
+for b in chat-backend wsgate-bench; do
+    [ -x "$release/$b" ] || { echo "callgrind.sh: build $release/$b first" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=26080
+cat >"$work/w.yaml" <<EOF
+listeners:
+  - { name: ws, address: "127.0.0.1:$port" }
+routes:
+  - { path_prefix: /, pool: echo, sticky_key: [ "query:user" ] }
+pools:
+  echo:
+    backends:
+      - { id: echo-1, address: "127.0.0.1:26001" }
+      - { id: echo-2, address: "127.0.0.1:26002" }
+      - { id: echo-3, address: "127.0.0.1:26003" }
+runtime: { threads: 1, shutdown_window: 1s, upgrade_sock: "$work/up.sock" }
+EOF
+for i in 1 2 3; do
+    "$release/chat-backend" --listen "127.0.0.1:2600$i" --id "echo-$i" >/dev/null 2>&1 &
+    pids+=($!)
+done
+
+# Runs wsgate BINARY under callgrind while wsgate-bench ARGS... runs for
+# SECONDS; prints "instructions work", work being what FIELD of the
+# bench's JSON summary says was done.
+measure() {
+    local bin=$1 seconds=$2 field=$3; shift 3
+    rm -f "$work"/cg.out.*
+    WSGATE_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind \
+        --callgrind-out-file="$work/cg.out.%p" "$bin" run -c "$work/w.yaml" >"$work/wsgate.log" 2>&1 &
+    local p=$!
+    for _ in $(seq 300); do
+        ss -Hltn "sport = :$port" | grep -q . && break
+        sleep 0.1
+    done
+    local out
+    out=$(timeout 180 "$release/wsgate-bench" "$@" -d "${seconds}s" --no-progress --threads 1 2>/dev/null | tail -1)
+    kill -INT "$p"
+    wait "$p" 2>/dev/null || true
+    local ir
+    ir=$(grep -h "^summary:" "$work"/cg.out.* | awk '{s += $2} END {print s}')
+    local n
+    n=$(printf '%s' "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['$field'])")
+    echo "$ir $n"
+}
+
+per_unit() {
+    local bin=$1 short=$2 long=$3 field=$4; shift 4
+    read -r ir1 n1 < <(measure "$bin" "$short" "$field" "$@")
+    read -r ir2 n2 < <(measure "$bin" "$long" "$field" "$@")
+    python3 -c "print(round(($ir2 - $ir1) / ($n2 - $n1)))"
+}
+
+printf '| binary | instructions per echoed message | instructions per handshake |\n|---|---|---|\n'
+for bin in "$@"; do
+    msg=$(per_unit "$bin" 4 12 received rate --url "ws://127.0.0.1:$port/echo?user={user}" \
+        -c 20 -r 400 --size 64 --warmup 1s)
+    hs=$(per_unit "$bin" 4 16 completed handshake --url "ws://127.0.0.1:$port/echo?user={user}" \
+        --concurrency 2 --size 64)
+    printf '| %s | %s | %s |\n' "$bin" "$msg" "$hs"
+done
