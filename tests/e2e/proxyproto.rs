@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use wsgate::routing::ring::{key_hash, Ring};
+use wsgate_tests::peers::{self, RawBackend, Script};
 use wsgate_tests::*;
 
 struct HaProxy(Child);
@@ -128,4 +129,41 @@ async fn haproxy_in_front_passes_the_client_address_through() {
     // Everyone behind the balancer is still served.
     let seen = whoami_from(first, v2, b"").await.expect("still served");
     assert_eq!(seen["headers"]["x-forwarded-for"], first.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_can_send_the_client_address_on_with_proxy_protocol_v2() {
+    let b = RawBackend::start(Script::ProxiedSource).await.unwrap();
+    let yaml = plain_config(
+        &[("b1", b.addr, 1)],
+        "    send_proxy_protocol: v2\n    health_check: { path: /healthz, interval: 200ms }\n",
+    );
+    let gate = Gate::start(&yaml, 1).unwrap();
+    let client: IpAddr = [127, 0, 0, 7].into();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(client, 0)).unwrap();
+    let mut s = tokio::time::timeout(STEP, socket.connect(gate.addr()))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(STEP, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = String::from_utf8_lossy(&b.received()).into_owned();
+    assert!(
+        seen.lines().any(|l| l.starts_with("127.0.0.7:")),
+        "the backend saw {seen:?}"
+    );
+    // Health checks announce themselves with a LOCAL header.
+    peers::eventually("a health check with a LOCAL header", || {
+        String::from_utf8_lossy(&b.received())
+            .lines()
+            .any(|l| l == "LOCAL")
+            .then_some(())
+    })
+    .await;
 }

@@ -36,6 +36,9 @@ pub enum Script {
     /// Plain HTTP: read the whole `Content-Length` body, then answer 200
     /// with it (as most POST handlers do: nothing before the body is in).
     Collect,
+    /// Expects a PROXY protocol header first: answers 200 with the source
+    /// address it carries (`LOCAL` for a LOCAL header), or closes.
+    ProxiedSource,
 }
 
 /// A scripted backend. `received` holds the bytes recorded after the
@@ -118,6 +121,9 @@ struct Counters {
 }
 
 async fn serve(mut tcp: TcpStream, script: Script, c: &Counters) -> Result<()> {
+    if let Script::ProxiedSource = script {
+        return proxied_source(tcp, c).await;
+    }
     let (received, written) = (&*c.received, &*c.written);
     let head = String::from_utf8_lossy(&read_head(&mut tcp).await?).into_owned();
     c.heads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -188,8 +194,47 @@ async fn serve(mut tcp: TcpStream, script: Script, c: &Counters) -> Result<()> {
             std::future::pending::<()>().await;
             Ok(())
         }
-        Script::AnswerAfter(_) | Script::BigBody(_) | Script::Collect => Ok(()),
+        Script::AnswerAfter(_) | Script::BigBody(_) | Script::Collect | Script::ProxiedSource => {
+            Ok(())
+        }
     }
+}
+
+async fn proxied_source(mut tcp: TcpStream, c: &Counters) -> Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let header = loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match wsgate::edge::proxyproto::parse(&buf) {
+            Ok(h) => break h,
+            Err(wsgate::edge::proxyproto::ProxyError::Incomplete { .. }) => continue,
+            Err(e) => return Err(anyhow!("no PROXY header: {e}")),
+        }
+    };
+    c.heads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let source = header.source.map_or("LOCAL".to_string(), |s| s.to_string());
+    if let Ok(mut r) = c.received.lock() {
+        r.extend_from_slice(format!("{source}\n").as_bytes());
+    }
+    // The request behind the header: read its head, then answer.
+    let mut rest = buf.split_off(header.consumed);
+    while !rest.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{source}",
+        source.len()
+    );
+    tcp.write_all(resp.as_bytes()).await?;
+    Ok(())
 }
 
 /// Records bytes; answers the first complete Close frame it sees with a

@@ -124,6 +124,9 @@ pub struct FilePool {
     pub rebalance: Option<String>,
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
+    /// `v2`: start each backend connection with a PROXY protocol header.
+    #[serde(default)]
+    pub send_proxy_protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

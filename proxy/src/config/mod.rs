@@ -63,6 +63,8 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Consecutive successes that bring it back.
     pub rise: u32,
+    /// Send a PROXY v2 LOCAL header first (the pool's backends expect one).
+    pub send_proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +156,9 @@ pub struct Pool {
     pub rebalance: Rebalance,
     /// Origins every WebSocket routed to this pool must come from.
     pub allowed_origins: Option<Vec<String>>,
+    /// Start each backend connection (health checks included) with a PROXY
+    /// protocol v2 header, so backends see the real client.
+    pub send_proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +518,7 @@ impl Validator<'_> {
                 ),
                 fall,
                 rise,
+                send_proxy_protocol: false,
             }
         });
         let d = Drain::default();
@@ -690,6 +696,21 @@ impl Validator<'_> {
             }
             let allowed_origins =
                 self.origins(&format!("{path}.allowed_origins"), p.allowed_origins);
+            let send_proxy_protocol = match p.send_proxy_protocol.as_deref() {
+                None => false,
+                Some("v2") => true,
+                Some(other) => {
+                    self.problem(
+                        &format!("{path}.send_proxy_protocol"),
+                        format!("`{other}` is not a version wsgate sends (v2)"),
+                    );
+                    false
+                }
+            };
+            let health_check = health_check.map(|h| HealthCheck {
+                send_proxy_protocol,
+                ..h
+            });
             out.push(Pool {
                 name,
                 backends,
@@ -697,6 +718,7 @@ impl Validator<'_> {
                 drain,
                 rebalance,
                 allowed_origins,
+                send_proxy_protocol,
             });
         }
         out

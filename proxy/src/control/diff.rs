@@ -53,12 +53,23 @@ impl Change {
     }
 }
 
-/// Whether a pool present in both configs changed its drain, rebalance or
-/// Origin policy (pools that come or go show as their backends).
+/// Whether a pool present in both configs changed its drain, rebalance,
+/// Origin or PROXY protocol policy (pools that come or go show as their
+/// backends).
 fn pool_policies_differ(old: &Config, new: &Config) -> bool {
     new.pools.iter().any(|p| {
         old.pool(&p.name).is_some_and(|o| {
-            (o.drain, o.rebalance, &o.allowed_origins) != (p.drain, p.rebalance, &p.allowed_origins)
+            (
+                o.drain,
+                o.rebalance,
+                &o.allowed_origins,
+                o.send_proxy_protocol,
+            ) != (
+                p.drain,
+                p.rebalance,
+                &p.allowed_origins,
+                p.send_proxy_protocol,
+            )
         })
     })
 }

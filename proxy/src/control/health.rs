@@ -33,19 +33,33 @@ pub enum Verdict {
     Inconclusive,
 }
 
-/// One probe, bounded by `timeout`.
-pub async fn probe(address: &str, probe: &HealthProbe, timeout: Duration) -> Verdict {
-    tokio::time::timeout(timeout, probe_inner(address, probe))
+/// One probe, bounded by `timeout`. With `proxy_header`, the connection
+/// starts with a PROXY v2 LOCAL header, as the pool's backends expect one.
+pub async fn probe(
+    address: &str,
+    probe: &HealthProbe,
+    timeout: Duration,
+    proxy_header: bool,
+) -> Verdict {
+    tokio::time::timeout(timeout, probe_inner(address, probe, proxy_header))
         .await
         .unwrap_or(Verdict::Unhealthy)
 }
 
-async fn probe_inner(address: &str, probe: &HealthProbe) -> Verdict {
+async fn probe_inner(address: &str, probe: &HealthProbe, proxy_header: bool) -> Verdict {
     let mut tcp = match TcpStream::connect(address).await {
         Ok(tcp) => tcp,
         Err(e) if crate::localfault::is_local_resource_error(&e) => return Verdict::Inconclusive,
         Err(_) => return Verdict::Unhealthy,
     };
+    if proxy_header
+        && tcp
+            .write_all(&crate::edge::proxyproto::encode_v2_local())
+            .await
+            .is_err()
+    {
+        return Verdict::Unhealthy;
+    }
     let HealthProbe::Http(path) = probe else {
         return Verdict::Healthy;
     };
@@ -155,7 +169,14 @@ async fn run_checks(
     let mut inconclusive = false;
     loop {
         tokio::time::sleep(check.interval).await;
-        let healthy = match probe(&address, &check.probe, check.timeout).await {
+        let healthy = match probe(
+            &address,
+            &check.probe,
+            check.timeout,
+            check.send_proxy_protocol,
+        )
+        .await
+        {
             Verdict::Healthy => true,
             Verdict::Unhealthy => false,
             Verdict::Inconclusive => {
@@ -205,10 +226,10 @@ mod tests {
         let ok = server(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
         let bad = server(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
         let path = HealthProbe::Http("/healthz".into());
-        assert_eq!(probe(&ok, &path, t).await, Verdict::Healthy);
-        assert_eq!(probe(&bad, &path, t).await, Verdict::Unhealthy);
+        assert_eq!(probe(&ok, &path, t, false).await, Verdict::Healthy);
+        assert_eq!(probe(&bad, &path, t, false).await, Verdict::Unhealthy);
         assert_eq!(
-            probe(&bad, &HealthProbe::Tcp, t).await,
+            probe(&bad, &HealthProbe::Tcp, t, false).await,
             Verdict::Healthy,
             "TCP only needs a connect"
         );
@@ -217,7 +238,7 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         assert_eq!(
-            probe(&closed, &HealthProbe::Tcp, t).await,
+            probe(&closed, &HealthProbe::Tcp, t, false).await,
             Verdict::Unhealthy
         );
     }
@@ -230,6 +251,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             fall: 3,
             rise: 2,
+            send_proxy_protocol: false,
         };
         let mut s = Streak::default();
         assert_eq!(s.record(false, &check, false), None);
@@ -249,7 +271,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let path = HealthProbe::Http("/".into());
         assert_eq!(
-            probe(&addr, &path, Duration::from_millis(200)).await,
+            probe(&addr, &path, Duration::from_millis(200), false).await,
             Verdict::Unhealthy
         );
     }

@@ -255,6 +255,18 @@ pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A v2 LOCAL header (no addresses): what a sender puts in front of a
+/// connection of its own, such as a health check.
+pub fn encode_v2_local() -> [u8; 16] {
+    // Version 2, command LOCAL; then AF_UNSPEC/UNSPEC and a length of 0.
+    let tail = [0x20, 0x00, 0x00, 0x00];
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(V2_SIGNATURE.iter().chain(tail.iter())) {
+        *o = *b;
+    }
+    out
+}
+
 fn as_v6(ip: IpAddr) -> Ipv6Addr {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
@@ -648,6 +660,13 @@ fn crc32c_update(mut crc: u32, bytes: &[u8]) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_local_header_parses_as_local() {
+        let local = encode_v2_local();
+        let h = parse(&local).unwrap();
+        assert_eq!((h.consumed, h.source), (16, None));
+    }
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -96,7 +96,7 @@ impl ServerApp for ListenerApp {
         };
         let mut tcp = tcp;
         let routing = self.gateway.routing();
-        let (limits, proxy_protocol) = {
+        let (limits, proxy_protocol, sends_proxy) = {
             let snapshot = routing.snapshot.load();
             let listener = snapshot
                 .config
@@ -106,7 +106,14 @@ impl ServerApp for ListenerApp {
             (
                 snapshot.config.limits,
                 listener.and_then(|l| l.proxy_protocol.clone()),
+                snapshot.config.pools.iter().any(|p| p.send_proxy_protocol),
             )
+        };
+        // One getsockname, only where a PROXY header toward a backend needs it.
+        let local = if sends_proxy {
+            tcp.local_addr().ok()
+        } else {
+            None
         };
         // Behind a balancer the client is who its PROXY header says, for
         // every use of the address: limits, client_ip hashing, headers, logs.
@@ -147,6 +154,7 @@ impl ServerApp for ListenerApp {
             addr,
             self.tls.is_some(),
             self.name.clone(),
+            local,
             slot,
         ));
         let shutdown = shutdown.clone();

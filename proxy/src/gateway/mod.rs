@@ -52,6 +52,9 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The listener's name, for its Origin policy.
     pub listener: Arc<str>,
+    /// The address the client connected to, known when a pool sends PROXY
+    /// protocol headers (it is their destination).
+    pub local: Option<SocketAddr>,
     /// A request has arrived on this connection (see `server` on shutdown).
     pub request_seen: AtomicBool,
     /// The response being written on this connection, for the write timeout.
@@ -62,11 +65,18 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
-    pub fn new(addr: SocketAddr, tls: bool, listener: Arc<str>, slot: Slot) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        tls: bool,
+        listener: Arc<str>,
+        local: Option<SocketAddr>,
+        slot: Slot,
+    ) -> Self {
         ClientInfo {
             addr,
             tls,
             listener,
+            local,
             request_seen: AtomicBool::new(false),
             response: ResponseProgress::default(),
             _slot: slot,
@@ -235,7 +245,12 @@ impl Gateway {
             body: config.timeouts.body,
         };
         // (refusal, whether the backend is to blame)
-        let answered = upstream::send(&backend.address, upstream_req, timeouts)
+        let proxy_header = config
+            .pools
+            .get(route.pool)
+            .filter(|p| p.send_proxy_protocol)
+            .map(|_| proxy_header(client));
+        let answered = upstream::send(&backend.address, upstream_req, timeouts, proxy_header)
             .instrument(span.clone())
             .await
             .map_err(|e| {
@@ -295,6 +310,20 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The PROXY v2 header that tells a backend who the client is. A
+/// connection accepted before a reload turned the header on has no known
+/// destination; the unspecified address of the client's family stands in.
+fn proxy_header(client: &ClientInfo) -> Vec<u8> {
+    let local = client.local.unwrap_or_else(|| {
+        let ip: std::net::IpAddr = match client.addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        SocketAddr::new(ip, 0)
+    });
+    crate::edge::proxyproto::encode_v2(client.addr, local)
 }
 
 fn tunnel_config(config: &Config, route: &crate::config::Route) -> TunnelConfig {

@@ -117,17 +117,28 @@ pub fn keepalive() -> socket2::TcpKeepalive {
 
 /// Sends `req` to `address` and returns the response head (body streaming).
 /// For an upgrade, call `hyper::upgrade::on` on the returned 101.
+/// `proxy_header` (a PROXY protocol header) goes first when given.
 pub async fn send<B>(
     address: &str,
     req: Request<B>,
     timeouts: UpstreamTimeouts,
+    proxy_header: Option<Vec<u8>>,
 ) -> Result<Response<Incoming>, UpstreamError>
 where
     B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let tcp = connect(address, timeouts.connect).await?;
+    let mut tcp = connect(address, timeouts.connect).await?;
+    if let Some(header) = proxy_header {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(&header)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                address: address.to_string(),
+                source,
+            })?;
+    }
     let http_err = |source| UpstreamError::Http {
         address: address.to_string(),
         source,
