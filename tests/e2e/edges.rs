@@ -35,6 +35,19 @@ async fn upgraded(
     s
 }
 
+/// Drains `chat/b1` with a 10 ms window through the CLI.
+async fn drain_now(gate: &Gate) {
+    let handle = gate.cli_handle();
+    tokio::task::spawn_blocking(move || {
+        let (code, out, err) = handle
+            .run(&["drain", "chat/b1", "--window", "10ms"])
+            .unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_during_a_large_upload_waits_for_the_frame_to_end() {
     let b = Backend::start("b1").unwrap();
@@ -47,15 +60,7 @@ async fn a_drain_during_a_large_upload_waits_for_the_frame_to_end() {
     let started = Instant::now();
     for (i, piece) in pieces.iter().enumerate() {
         if i == 3 {
-            let handle = gate.cli_handle();
-            tokio::task::spawn_blocking(move || {
-                let (code, out, err) = handle
-                    .run(&["drain", "chat/b1", "--window", "10ms"])
-                    .unwrap();
-                assert_eq!(code, 0, "{out}{err}");
-            })
-            .await
-            .unwrap();
+            drain_now(&gate).await;
         }
         // The close deadline used to run from the drain: the tunnel was
         // dropped a second later, mid-frame, and these writes failed.
@@ -89,15 +94,7 @@ async fn a_close_split_across_reads_during_a_drain_is_not_answered_twice() {
         (b.received().len() >= 3).then_some(())
     })
     .await;
-    let handle = gate.cli_handle();
-    tokio::task::spawn_blocking(move || {
-        let (code, out, err) = handle
-            .run(&["drain", "chat/b1", "--window", "10ms"])
-            .unwrap();
-        assert_eq!(code, 0, "{out}{err}");
-    })
-    .await
-    .unwrap();
+    drain_now(&gate).await;
     assert_eq!(read_close_code(&mut s).await.unwrap(), Some(1012));
     s.write_all(&close[3..]).await.unwrap();
     s.flush().await.unwrap();
