@@ -11,6 +11,10 @@
 //! - [`config`] (the file and its validation), [`cli`] (the command line),
 //!   and `process` (the wiring of the two planes).
 //!
+//! Shared by both planes: `localfault` (which I/O errors are this host's)
+//! and [`proxyproto`] (the PROXY protocol header: parsed at the edge,
+//! written toward backends by the gateway and by health checks).
+//!
 //! Pure modules (no I/O, unit-tested and benchmarked): [`routing::ring`],
 //! [`tunnel::frame`], handshake validation, sticky-key extraction, route
 //! matching, [`config`] validation and the reload diff. No module of the
@@ -30,5 +34,6 @@ pub mod fuzzing;
 mod gateway;
 mod localfault;
 mod process;
+pub mod proxyproto;
 pub mod routing;
 pub mod tunnel;

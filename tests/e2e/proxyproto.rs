@@ -113,8 +113,7 @@ async fn haproxy_in_front_passes_the_client_address_through() {
     }
 
     // A v2 header straight from a peer that is not the balancer: refused.
-    let forged =
-        wsgate::edge::proxyproto::encode_v2("203.0.113.9:4000".parse().unwrap(), gate.addr());
+    let forged = wsgate::proxyproto::encode_v2("203.0.113.9:4000".parse().unwrap(), gate.addr());
     let spoofer: IpAddr = [127, 0, 0, 5].into();
     assert!(whoami_from(spoofer, gate.addr(), &forged).await.is_none());
     // A garbled header from an allowed peer: refused.

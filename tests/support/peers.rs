@@ -209,9 +209,9 @@ async fn proxied_source(mut tcp: TcpStream, c: &Counters) -> Result<()> {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
-        match wsgate::edge::proxyproto::parse(&buf) {
+        match wsgate::proxyproto::parse(&buf) {
             Ok(h) => break h,
-            Err(wsgate::edge::proxyproto::ProxyError::Incomplete { .. }) => continue,
+            Err(wsgate::proxyproto::ProxyError::Incomplete { .. }) => continue,
             Err(e) => return Err(anyhow!("no PROXY header: {e}")),
         }
     };

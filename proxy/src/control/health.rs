@@ -54,7 +54,7 @@ async fn probe_inner(address: &str, probe: &HealthProbe, proxy_header: bool) -> 
     };
     if proxy_header
         && tcp
-            .write_all(&crate::edge::proxyproto::encode_v2_local())
+            .write_all(&crate::proxyproto::encode_v2_local())
             .await
             .is_err()
     {

@@ -6,8 +6,7 @@
 //! |---|---|---|
 //! | [`server`] | pingora services, listener checks, the readiness line, the HTTP/1.1 connection | network |
 //! | [`socket`] | taking an accepted connection out of pingora's stream as a bare `TcpStream` | one `fcntl` |
-//! | [`proxyproto`] | the PROXY protocol v1/v2 header: decoding the client address a trusted L4 balancer sends, encoding v2 for backends (pure) | none |
-//! | [`proxied`] | reading a connection's PROXY header from an allowed balancer: the client address | network |
+//! | [`proxied`] | reading a connection's PROXY header (`crate::proxyproto`) from an allowed balancer: the client address | network |
 //! | [`tls`] | loading a listener's certificates and keys, dev certificates | files |
 //! | [`certs`] | a listener's certificate set, chosen by SNI and swapped whole on reload; its rustls config; expiry and serial | files |
 //! | [`tlsconn`] | server TLS on rustls' unbuffered API, buffers held only while bytes are in flight | network |
@@ -15,7 +14,6 @@
 
 pub mod certs;
 pub(crate) mod proxied;
-pub mod proxyproto;
 pub(crate) mod server;
 pub(crate) mod socket;
 pub(crate) mod splice;

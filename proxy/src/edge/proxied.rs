@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::proxyproto::{self, ProxyError, V2_MAX_LEN};
+use crate::proxyproto::{self, ProxyError, V2_MAX_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxiedError {

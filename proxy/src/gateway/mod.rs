@@ -323,7 +323,7 @@ fn proxy_header(client: &ClientInfo) -> Vec<u8> {
         };
         SocketAddr::new(ip, 0)
     });
-    crate::edge::proxyproto::encode_v2(client.addr, local)
+    crate::proxyproto::encode_v2(client.addr, local)
 }
 
 fn tunnel_config(config: &Config, route: &crate::config::Route) -> TunnelConfig {
