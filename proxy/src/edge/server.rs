@@ -96,48 +96,48 @@ impl ServerApp for ListenerApp {
         };
         let mut tcp = tcp;
         let routing = self.gateway.routing();
-        let (limits, proxy_protocol, sends_proxy) = {
+        // The snapshot is held only until the client's address is known (a
+        // bounded PROXY header read at most), not for the connection's life.
+        let (limits, local, addr) = {
             let snapshot = routing.snapshot.load();
-            let listener = snapshot
+            let accept_from = snapshot
                 .config
                 .listeners
                 .iter()
-                .find(|l| *l.name == *self.name);
-            (
-                snapshot.config.limits,
-                listener.and_then(|l| l.proxy_protocol.clone()),
-                snapshot.config.pools.iter().any(|p| p.send_proxy_protocol),
-            )
-        };
-        // One getsockname, only where a PROXY header toward a backend needs it.
-        let local = if sends_proxy {
-            tcp.local_addr().ok()
-        } else {
-            None
-        };
-        // Behind a balancer the client is who its PROXY header says, for
-        // every use of the address: limits, client_ip hashing, headers, logs.
-        let addr = match proxy_protocol {
-            None => peer,
-            Some(accept_from) => {
-                let read = super::proxied::client_address(
-                    &mut tcp,
-                    peer,
-                    &accept_from,
-                    self.handshake_timeout,
-                );
-                match read.await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        routing
-                            .admission
-                            .refused_proxy_protocol
-                            .fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, error = %e, "connection refused: PROXY protocol");
-                        return None;
+                .find(|l| *l.name == *self.name)
+                .and_then(|l| l.proxy_protocol.as_deref());
+            // One getsockname, only where a PROXY header toward a backend needs it.
+            let sends_proxy = snapshot.config.pools.iter().any(|p| p.send_proxy_protocol);
+            let local = if sends_proxy {
+                tcp.local_addr().ok()
+            } else {
+                None
+            };
+            // Behind a balancer the client is who its PROXY header says, for
+            // every use of the address: limits, client_ip hashing, headers, logs.
+            let addr = match accept_from {
+                None => peer,
+                Some(accept_from) => {
+                    let read = super::proxied::client_address(
+                        &mut tcp,
+                        peer,
+                        accept_from,
+                        self.handshake_timeout,
+                    );
+                    match read.await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            routing
+                                .admission
+                                .refused_proxy_protocol
+                                .fetch_add(1, Relaxed);
+                            tracing::debug!(%peer, error = %e, "connection refused: PROXY protocol");
+                            return None;
+                        }
                     }
                 }
-            }
+            };
+            (snapshot.config.limits, local, addr)
         };
         let slot = match routing
             .admission
