@@ -20,8 +20,8 @@
 //! matching, [`config`] validation and the reload diff. No module of the
 //! data path imports the control plane.
 //!
-//! `unsafe` is denied everywhere but one audited block in `edge::socket`,
-//! which duplicates an accepted socket's descriptor.
+//! `unsafe` is denied everywhere but one audited block in `edge::listeners`,
+//! which duplicates a listening socket handed over by the previous process.
 
 #![deny(unsafe_code)]
 

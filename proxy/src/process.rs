@@ -1,20 +1,22 @@
 //! Starting the process: the wiring of the two planes. The config is
-//! loaded and every listener checked before anything is bound for real;
-//! then the control plane starts on its own thread and pingora's server
-//! runs the data path (`edge`) on the worker threads.
+//! loaded and every listener bound (or, on `--upgrade`, checked) before
+//! anything runs, so a port in use or a broken certificate is a clear error
+//! and exit; then the control plane starts on its own thread and pingora's
+//! server runs the data path (`edge`) on the worker threads.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::control::{plane, ControlPlane};
-use crate::edge::server::{self, ServerError};
+use crate::edge::listeners::{ListenerError, ListenerSet, NewListener};
+use crate::edge::server;
 use crate::gateway::Gateway;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Listener(#[from] ServerError),
+    Listener(#[from] ListenerError),
     #[error(transparent)]
     Admin(#[from] crate::control::AdminError),
     #[error("cannot start the control thread: {0}")]
@@ -32,7 +34,11 @@ pub struct RunOptions {
 
 /// Runs wsgate until it is told to stop, then exits the process.
 pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallible, StartError> {
-    let listeners = server::prepare_listeners(&config, options.upgrade)?;
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| NewListener::bind(l, options.upgrade))
+        .collect::<Result<Vec<_>, _>>()?;
     let admin = match &config.admin {
         Some(a) => {
             let token = crate::control::load_token(a)?;
@@ -46,21 +52,24 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         }
         None => None,
     };
-    let mut announce = Vec::new();
-    if let Some((listener, _)) = &admin {
-        if let Ok(address) = listener.local_addr() {
-            announce.push((address, format!("wsgate: admin API on http://{address}")));
-        }
+    if let Some(Ok(address)) = admin.as_ref().map(|(l, _)| l.local_addr()) {
+        // Bound, so connections queue until the control thread accepts.
+        crate::edge::listeners::announce(&format!("wsgate: admin API on http://{address}"));
     }
     let config = Arc::new(config);
     let certificates = crate::control::CertificateBook::new(
         listeners
             .iter()
-            .filter_map(|l| Some((l.name.clone(), l.certificates.clone()?)))
+            .filter_map(|l| Some((l.name().to_string(), l.certificates()?)))
             .collect(),
     );
-    let (control, routing) =
-        ControlPlane::new(config.clone(), options.config_path.clone(), certificates);
+    let listeners = ListenerSet::new(listeners);
+    let (control, routing) = ControlPlane::new(
+        config.clone(),
+        options.config_path.clone(),
+        certificates,
+        listeners.clone(),
+    );
     plane::spawn(
         control,
         plane::PlaneOptions {
@@ -73,7 +82,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<std::convert::Infallib
         .admission
         .set_default_max(default_max_connections(config.limits.max_connections));
     let gateway = Arc::new(Gateway::new(routing));
-    server::serve(&config, listeners, gateway, options.upgrade, announce)
+    server::serve(&config, listeners, gateway, options.upgrade)
 }
 
 /// Raises the soft descriptor limit to the hard one and derives the default

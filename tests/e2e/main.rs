@@ -12,6 +12,7 @@ mod edges;
 mod failures;
 mod heartbeat;
 mod limits;
+mod listeners;
 mod plain_http;
 mod policy;
 mod proxyproto;

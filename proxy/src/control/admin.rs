@@ -370,7 +370,9 @@ fn error_status(e: &ControlError) -> StatusCode {
         ControlError::UnknownPool(_) | ControlError::UnknownBackend(_) => StatusCode::NOT_FOUND,
         ControlError::AlreadyExists(_) | ControlError::NoConfigFile => StatusCode::CONFLICT,
         ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ControlError::InvalidConfig(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::InvalidConfig(_) | ControlError::Listener(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ControlError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

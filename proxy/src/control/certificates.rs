@@ -48,6 +48,24 @@ impl CertificateBook {
         }
     }
 
+    /// A listener a reload started: its certificates rotate from now on.
+    pub fn insert(&mut self, listener: &str, handle: Arc<Certificates>) {
+        self.served.insert(
+            listener.to_string(),
+            Served {
+                infos: handle.infos(),
+                error: None,
+            },
+        );
+        self.handles.insert(listener.to_string(), handle);
+    }
+
+    /// A listener a reload stopped: no longer served, watched or shown.
+    pub fn remove(&mut self, listener: &str) {
+        self.handles.remove(listener);
+        self.served.remove(listener);
+    }
+
     /// Loads again the certificates of every TLS listener of `config` that
     /// is running; returns one line per listener whose files failed.
     pub fn reload(&mut self, config: &Config) -> Vec<String> {

@@ -25,7 +25,8 @@ pub(crate) enum Change {
     /// The pool's health check was added, removed or changed: its checkers
     /// restart.
     HealthCheckChanged { pool: String },
-    /// A listener was added, removed or changed (address or TLS).
+    /// A listener was added, removed or changed (address or TLS): it
+    /// stops, starts, or both (`edge::listeners`).
     ListenerChanged { name: String },
     /// Any other section; takes effect with the new snapshot, except what
     /// [`needs_restart`](Change::needs_restart) says.
@@ -46,10 +47,7 @@ impl Change {
     /// Whether this change waits for a restart (`run --upgrade`) to take
     /// effect; the reload says so in its notes.
     pub fn needs_restart(&self) -> bool {
-        matches!(
-            self,
-            Change::ListenerChanged { .. } | Change::Setting("admin" | "runtime")
-        )
+        matches!(self, Change::Setting("admin" | "runtime"))
     }
 }
 
@@ -262,12 +260,28 @@ mod tests {
                 Change::Setting("pool policies"),
             ]
         );
-        let restart: Vec<_> = changes.iter().filter(|c| c.needs_restart()).collect();
-        assert_eq!(restart.len(), 2, "only the listeners wait for a restart");
+        assert!(
+            !changes.iter().any(Change::needs_restart),
+            "listeners start and stop by reload"
+        );
+        let admin = Config::from_source(
+            "listeners: [{name: a, address: \"127.0.0.1:0\"}]\nroutes: [{pool: chat}]\n\
+             pools: {chat: {backends: [{id: b1, address: \"h:1\"}]}}\n\
+             admin: {address: \"127.0.0.1:0\", token_file: t}\n",
+            "t.yaml",
+            Path::new("."),
+        )
+        .unwrap();
+        let changes = diff(&old, &admin);
+        assert_eq!(changes, [Change::Setting("admin")]);
+        assert!(
+            changes[0].needs_restart(),
+            "the admin socket waits for a restart"
+        );
     }
 
     #[test]
-    fn certificates_change_in_place_but_tls_on_or_off_needs_a_restart() {
+    fn certificates_change_in_place_but_tls_on_or_off_restarts_the_listener() {
         let listener = |tls: &str| {
             Config::from_source(
                 &format!(

@@ -14,7 +14,7 @@ pub(crate) struct Metrics {
     /// Data-path reports dropped because the control task's inbox was full.
     pub reports_dropped: u64,
     /// Sessions wsgate closed itself, by cause label.
-    pub closes: [(&'static str, u64); 7],
+    pub closes: [(&'static str, u64); 8],
     /// Client connections now, and the limit they are admitted under.
     pub client_connections: (usize, usize),
     /// Connections and upgrades refused at a limit, by reason label.
@@ -214,6 +214,7 @@ mod tests {
                 ("c", 0),
                 ("d", 0),
                 ("heartbeat", 0),
+                ("listener_removed", 0),
             ],
             client_connections: (3, 448),
             refused: [

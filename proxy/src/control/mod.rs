@@ -73,6 +73,9 @@ pub enum ControlError {
     /// The new config was rejected; the old one keeps serving.
     #[error("config rejected, still serving the previous one:\n{0}")]
     InvalidConfig(ConfigError),
+    /// A listener the new config adds could not start; nothing changed.
+    #[error("config rejected, still serving the previous one: {0}")]
+    Listener(crate::edge::listeners::ListenerError),
     #[error("wsgate was started without a config file, so there is nothing to reload")]
     NoConfigFile,
     /// The control task is gone (the process is stopping).
@@ -241,6 +244,7 @@ impl ControlPlane {
         config: Arc<Config>,
         config_path: Option<PathBuf>,
         certificates: CertificateBook,
+        listeners: Arc<crate::edge::listeners::ListenerSet>,
     ) -> (ControlPlane, Arc<Routing>) {
         let (reporter, reports) = Reporter::channel(reports::CAPACITY);
         let routing = Arc::new(Routing::new(config.clone(), reporter));
@@ -251,6 +255,7 @@ impl ControlPlane {
             routing.clone(),
             tx.downgrade(),
             certificates,
+            listeners,
         );
         let plane = ControlPlane {
             task,

@@ -17,6 +17,7 @@ use super::health::{Checkers, Streak, Transition};
 use super::metrics::Metrics;
 use super::{Command, ControlError};
 use crate::config::{self, Backend, Config, Rebalance};
+use crate::edge::listeners::{ListenerSet, Plan};
 use crate::routing::{BackendKey, BackendState, DownReason, Report, Routing, Snapshot};
 use crate::tunnel::frame::is_valid_close_code;
 use crate::tunnel::CloseCause;
@@ -43,6 +44,10 @@ pub(super) struct ControlTask {
     reloads_ok: u64,
     reloads_failed: u64,
     certificates: super::CertificateBook,
+    /// The running listeners, which reloads start and stop.
+    listeners: Arc<ListenerSet>,
+    /// Ids of the listeners reloads removed, published in every snapshot.
+    closed_listeners: Vec<u32>,
 }
 
 impl ControlTask {
@@ -52,6 +57,7 @@ impl ControlTask {
         routing: Arc<Routing>,
         to_self: mpsc::WeakSender<Command>,
         certificates: super::CertificateBook,
+        listeners: Arc<ListenerSet>,
     ) -> Self {
         ControlTask {
             config,
@@ -69,6 +75,8 @@ impl ControlTask {
             reloads_ok: 0,
             reloads_failed: 0,
             certificates,
+            listeners,
+            closed_listeners: Vec::new(),
         }
     }
 
@@ -170,6 +178,7 @@ impl ControlTask {
                 self.state_of(&BackendKey::new(pool, id))
             });
         snapshot.shutting_down = self.shutting_down;
+        snapshot.closed_listeners = self.closed_listeners.clone();
         self.routing.snapshot.store(snapshot);
     }
 
@@ -508,22 +517,30 @@ impl ControlTask {
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
-                self.reloads_failed += 1;
-                self.last_reload = Some(ReloadOutcome {
-                    ok: false,
-                    at_unix: now,
-                    error: Some(e.to_string()),
-                    added: vec![],
-                    removed: vec![],
-                    notes: vec![],
-                    certificate_errors: vec![],
-                });
-                tracing::error!(error = %e, "reload rejected; still serving the previous config");
+                self.reject_reload(now, e.to_string());
                 return Err(ControlError::InvalidConfig(e));
             }
         };
         let changes = diff(&self.config, &new);
+        // New sockets are bound before anything changes: a port in use
+        // rejects the whole reload.
+        let listeners = changes
+            .iter()
+            .any(|c| matches!(c, Change::ListenerChanged { .. }))
+            .then(|| self.listeners.prepare(&new))
+            .transpose();
+        let listeners = match listeners {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.reject_reload(now, e.to_string());
+                return Err(ControlError::Listener(e));
+            }
+        };
         self.apply(Arc::new(new), &changes);
+        let mut notes = restart_notes(&changes);
+        if let Some(plan) = listeners {
+            notes.extend(self.change_listeners(plan));
+        }
         // Every reload loads the certificates again, whether or not the
         // config names other files: rotation replaces them in place.
         let certificate_errors = self.certificates.reload(&self.config);
@@ -539,13 +556,87 @@ impl ControlTask {
                 Change::BackendRemoved(k) => Some(k),
                 _ => None,
             }),
-            notes: restart_notes(&changes),
+            notes,
             certificate_errors,
         };
         self.last_reload = Some(outcome.clone());
         self.reloads_ok += 1;
         tracing::info!(added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
         Ok(outcome)
+    }
+
+    fn reject_reload(&mut self, now: u64, error: String) {
+        self.reloads_failed += 1;
+        tracing::error!(%error, "reload rejected; still serving the previous config");
+        self.last_reload = Some(ReloadOutcome {
+            ok: false,
+            at_unix: now,
+            error: Some(error),
+            added: vec![],
+            removed: vec![],
+            notes: vec![],
+            certificate_errors: vec![],
+        });
+    }
+
+    /// Starts and stops the listeners `plan` says, once the snapshot that
+    /// names the new ones is out; the removed listeners' tunnels close
+    /// with 1001 over the shutdown window, as they would on a shutdown.
+    /// Returns a note per listener.
+    fn change_listeners(&mut self, plan: Plan) -> Vec<String> {
+        let done = self.listeners.commit(plan);
+        let mut notes = Vec::new();
+        for (name, id) in &done.stopped {
+            self.certificates.remove(name);
+            self.closed_listeners.push(*id);
+        }
+        for s in done.started {
+            if let Some(handle) = s.certificates {
+                self.certificates.insert(&s.name, handle);
+            }
+            tracing::info!(listener = %s.name, url = %s.url, "listener started");
+            notes.push(format!("listener `{}` started on {}", s.name, s.url));
+        }
+        if done.stopped.is_empty() {
+            return notes;
+        }
+        // Published before the tunnels are listed: one that registers after
+        // the listing sees its listener closed and closes on arrival.
+        self.publish();
+        let ids: Vec<u32> = done.stopped.iter().map(|(_, id)| *id).collect();
+        let registry = &self.routing.registry;
+        let mut targets = Vec::new();
+        for (key, _) in registry.counts() {
+            for c in registry.conns(&key) {
+                if ids.contains(&c.listener) {
+                    targets.push(Target {
+                        backend: key.clone(),
+                        conn_id: c.conn_id,
+                    });
+                }
+            }
+        }
+        let window = self.config.runtime.shutdown_window;
+        for (name, _) in &done.stopped {
+            notes.push(format!(
+                "listener `{name}` stopped accepting; its WebSockets close with 1001 over {window:?}"
+            ));
+        }
+        tracing::info!(
+            connections = targets.len(),
+            ?window,
+            "listeners removed: closing their connections with 1001"
+        );
+        let job = DrainJob::start(
+            registry.clone(),
+            targets,
+            CloseCause::ListenerRemoved,
+            window,
+            0,
+        );
+        self.other_jobs.retain(|j| j.pending() > 0);
+        self.other_jobs.push(job);
+        notes
     }
 
     /// Closes every connection with 1001, spread over the shutdown window.
@@ -650,9 +741,6 @@ fn restart_notes(changes: &[Change]) -> Vec<String> {
         .iter()
         .filter(|c| c.needs_restart())
         .map(|c| match c {
-            Change::ListenerChanged { name } => format!(
-                "listener `{name}` changed (address or TLS): restart (`run --upgrade`) to apply it"
-            ),
             Change::Setting(section) => {
                 format!("`{section}` changed: restart (`run --upgrade`) to apply it")
             }

@@ -4,18 +4,20 @@
 //!
 //! | module | owns | I/O |
 //! |---|---|---|
-//! | [`server`] | pingora services, listener checks, the readiness line, the HTTP/1.1 connection | network |
-//! | [`socket`] | taking an accepted connection out of pingora's stream as a bare `TcpStream` | one `fcntl` |
+//! | [`server`] | pingora's server: worker runtime, shutdown and upgrade settings | none |
+//! | [`listeners`] | the running listeners: binding, start and stop by reload, the upgrade handover table, readiness lines | sockets |
+//! | [`accept`] | a listener's accept loop; each connection through PROXY header, admission, TLS, the HTTP/1.1 connection and its write timer | network |
 //! | [`proxied`] | reading a connection's PROXY header (`crate::proxyproto`) from an allowed balancer: the client address | network |
 //! | [`tls`] | loading a listener's certificates and keys, dev certificates | files |
 //! | [`certs`] | a listener's certificate set, chosen by SNI and swapped whole on reload; its rustls config; expiry and serial | files |
 //! | [`tlsconn`] | server TLS on rustls' unbuffered API, buffers held only while bytes are in flight | network |
 //! | [`splice`] | after the 101: both sockets back out of hyper, registration, the tunnel's own task | network |
 
+pub(crate) mod accept;
 pub mod certs;
+pub mod listeners;
 pub(crate) mod proxied;
 pub(crate) mod server;
-pub(crate) mod socket;
 pub(crate) mod splice;
 pub mod tls;
 pub(crate) mod tlsconn;

@@ -47,11 +47,12 @@ async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: TunnelStart) {
             return;
         }
     };
-    let (guard, signal) = ctx.conns.register(ctx.key_hash);
+    let listener = ctx.client.listener_id;
+    let (guard, signal) = ctx.conns.register(ctx.key_hash, listener);
     // The backend may have stopped taking connections between routing and
     // now; such a late arrival is closed at once rather than stranded.
     let now = ctx.routing.snapshot.load();
-    if let Some(cause) = now.close_on_arrival(ctx.conns.key(), ctx.key_hash) {
+    if let Some(cause) = now.close_on_arrival(ctx.conns.key(), ctx.key_hash, listener) {
         signal.request(cause);
     }
     drop(now);

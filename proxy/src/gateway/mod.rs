@@ -52,6 +52,9 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The listener's name, for its Origin policy.
     pub listener: Arc<str>,
+    /// The running listener's id, so that removing it by reload closes
+    /// this connection's tunnel (`routing::registry`).
+    pub listener_id: u32,
     /// The address the client connected to, known when a pool sends PROXY
     /// protocol headers (it is their destination).
     pub local: Option<SocketAddr>,
@@ -68,14 +71,15 @@ impl ClientInfo {
     pub fn new(
         addr: SocketAddr,
         tls: bool,
-        listener: Arc<str>,
+        listener: (Arc<str>, u32),
         local: Option<SocketAddr>,
         slot: Slot,
     ) -> Self {
         ClientInfo {
             addr,
             tls,
-            listener,
+            listener: listener.0,
+            listener_id: listener.1,
             local,
             request_seen: AtomicBool::new(false),
             response: ResponseProgress::default(),
@@ -162,17 +166,25 @@ impl Gateway {
                     retry_after: None,
                 }
             })?;
+            // A listener a reload just removed has no policy to check
+            // against: its connections are closing, so no new tunnel.
             let listener = config
                 .listeners
                 .iter()
-                .find(|l| *l.name == *client.listener);
+                .find(|l| *l.name == *client.listener)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this listener is being removed",
+                    )
+                })?;
             let policies = [
                 route.allowed_origins.as_deref(),
                 config
                     .pools
                     .get(route.pool)
                     .and_then(|p| p.allowed_origins.as_deref()),
-                listener.and_then(|l| l.allowed_origins.as_deref()),
+                listener.allowed_origins.as_deref(),
             ];
             for allowed in policies {
                 check_origin(allowed, req.headers())?;

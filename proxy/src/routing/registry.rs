@@ -42,6 +42,9 @@ impl std::fmt::Display for BackendKey {
 
 struct Conn {
     key_hash: u64,
+    /// The running listener the client came in on (`edge::listeners`), so
+    /// a listener removed by a reload can close just its own tunnels.
+    listener: u32,
     close: Arc<CloseSignal>,
 }
 
@@ -73,13 +76,18 @@ impl BackendConns {
 
     /// Registers a tunnel; it is removed when the guard drops. The signal
     /// carries a cause when the control plane wants this connection closed.
-    pub fn register(self: &Arc<Self>, key_hash: u64) -> (ConnGuard, Arc<CloseSignal>) {
+    pub fn register(
+        self: &Arc<Self>,
+        key_hash: u64,
+        listener: u32,
+    ) -> (ConnGuard, Arc<CloseSignal>) {
         let conn_id = self.next_id.fetch_add(1, Relaxed);
         let signal = Arc::new(CloseSignal::new());
         self.lock().insert(
             conn_id,
             Conn {
                 key_hash,
+                listener,
                 close: signal.clone(),
             },
         );
@@ -130,6 +138,8 @@ impl BackendConns {
 pub struct ConnInfo {
     pub conn_id: u64,
     pub key_hash: u64,
+    /// The id of the running listener the client came in on.
+    pub listener: u32,
 }
 
 /// Counters of closes wsgate started, by cause, for `/metrics`.
@@ -142,6 +152,7 @@ pub struct CloseCounters {
     pub drain: AtomicU64,
     pub protocol: AtomicU64,
     pub heartbeat: AtomicU64,
+    pub listener_removed: AtomicU64,
 }
 
 impl CloseCounters {
@@ -152,6 +163,7 @@ impl CloseCounters {
             CloseCause::Idle => &self.idle,
             CloseCause::Heartbeat => &self.heartbeat,
             CloseCause::Shutdown => &self.shutdown,
+            CloseCause::ListenerRemoved => &self.listener_removed,
             CloseCause::Drain(_) => &self.drain,
             CloseCause::ClientProtocol(_) | CloseCause::BackendProtocol(_) => &self.protocol,
         };
@@ -159,7 +171,7 @@ impl CloseCounters {
     }
 
     /// Each cause's metric label with its count.
-    pub fn by_cause(&self) -> [(&'static str, u64); 7] {
+    pub fn by_cause(&self) -> [(&'static str, u64); 8] {
         [
             ("backend_gone", &self.backend_gone),
             ("client_gone", &self.client_gone),
@@ -168,6 +180,7 @@ impl CloseCounters {
             ("drain", &self.drain),
             ("protocol", &self.protocol),
             ("heartbeat", &self.heartbeat),
+            ("listener_removed", &self.listener_removed),
         ]
         .map(|(label, n)| (label, n.load(Relaxed)))
     }
@@ -196,7 +209,7 @@ impl Registry {
     /// registers on the entry its snapshot holds.
     #[cfg(test)]
     pub fn register(&self, key: &BackendKey, key_hash: u64) -> (ConnGuard, Arc<CloseSignal>) {
-        self.backend(key).register(key_hash)
+        self.backend(key).register(key_hash, 0)
     }
 
     /// Every backend with its connection count, including backends no longer
@@ -218,6 +231,7 @@ impl Registry {
             .map(|(&conn_id, c)| ConnInfo {
                 conn_id,
                 key_hash: c.key_hash,
+                listener: c.listener,
             })
             .collect()
     }

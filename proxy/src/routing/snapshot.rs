@@ -91,6 +91,10 @@ pub struct Snapshot {
     pub pools: Vec<PoolState>,
     /// wsgate is shutting down: every arrival is closed with 1001.
     pub shutting_down: bool,
+    /// Ids of running listeners a reload removed: their late arrivals are
+    /// closed with 1001 like the rest of their tunnels. A few per reload
+    /// that removes listeners, kept for the life of the process.
+    pub closed_listeners: Vec<u32>,
 }
 
 /// The backend chosen for a key, with its registry entry.
@@ -135,6 +139,7 @@ impl Snapshot {
             config,
             pools,
             shutting_down: false,
+            closed_listeners: Vec::new(),
         }
     }
 
@@ -181,13 +186,19 @@ impl Snapshot {
     }
 
     /// Whether a just-registered connection to `key` should be closed again
-    /// at once: wsgate is shutting down, or its backend stopped taking new
+    /// at once: wsgate is shutting down, its listener was removed, or its
+    /// backend stopped taking new
     /// connections (or, with `migrate`, its key moved) between routing and
     /// registration. Read from the snapshot current at registration, which
     /// the control task publishes before it lists the connections to close,
     /// so a connection is either in that list or sees this.
-    pub fn close_on_arrival(&self, key: &BackendKey, key_hash: u64) -> Option<CloseCause> {
-        if self.shutting_down {
+    pub fn close_on_arrival(
+        &self,
+        key: &BackendKey,
+        key_hash: u64,
+        listener: u32,
+    ) -> Option<CloseCause> {
+        if self.shutting_down || self.closed_listeners.contains(&listener) {
             return Some(CloseCause::Shutdown);
         }
         let pool_index = self.config.pool_index(&key.pool)?;

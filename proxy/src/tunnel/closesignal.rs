@@ -32,6 +32,8 @@ pub enum CloseCause {
     Idle,
     /// wsgate is shutting down or upgrading: both get 1001.
     Shutdown,
+    /// A reload removed the listener the client came in on: both get 1001.
+    ListenerRemoved,
     /// The backend is drained, removed or rebalanced away: the client gets
     /// this code (1012 by default), the backend 1001.
     Drain(u16),
@@ -51,6 +53,7 @@ impl CloseCause {
             CloseCause::ClientGone | CloseCause::Heartbeat => None,
             CloseCause::Idle => Some((close_code::GOING_AWAY, "idle timeout")),
             CloseCause::Shutdown => Some((close_code::GOING_AWAY, "proxy shutting down")),
+            CloseCause::ListenerRemoved => Some((close_code::GOING_AWAY, "listener removed")),
             CloseCause::Drain(code) => Some((code, "backend draining, please reconnect")),
             CloseCause::ClientProtocol(code) => Some((code, "invalid frame")),
             CloseCause::BackendProtocol(close_code::TOO_BIG) => {
@@ -131,6 +134,7 @@ fn encode(cause: CloseCause) -> u32 {
         CloseCause::Drain(code) => (5, code),
         CloseCause::ClientProtocol(code) => (6, code),
         CloseCause::BackendProtocol(code) => (7, code),
+        CloseCause::ListenerRemoved => (9, 0),
     };
     (kind << 16) | u32::from(code)
 }
@@ -146,6 +150,7 @@ fn decode(word: u32) -> Option<CloseCause> {
         6 => CloseCause::ClientProtocol(code),
         7 => CloseCause::BackendProtocol(code),
         8 => CloseCause::Heartbeat,
+        9 => CloseCause::ListenerRemoved,
         _ => return None,
     })
 }
@@ -161,6 +166,7 @@ mod tests {
             CloseCause::BackendGone,
             CloseCause::ClientGone,
             CloseCause::Heartbeat,
+            CloseCause::ListenerRemoved,
             CloseCause::Idle,
             CloseCause::Shutdown,
             CloseCause::Drain(1012),

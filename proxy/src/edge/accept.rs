@@ -1,0 +1,285 @@
+//! One listener's accept loop and what happens to each connection it
+//! accepts, up to the HTTP/1.1 connection: the PROXY header from an allowed
+//! balancer (`proxied`), admission under the limits (`routing::admission`),
+//! TLS (`tlsconn`), then hyper with upgrades.
+//!
+//! wsgate accepts on its own sockets (`listeners` owns them) rather than in
+//! pingora's listening service, so that a reload can start and stop one
+//! listener while the others run, and so that an accepted connection is a
+//! bare tokio `TcpStream` from the start: no wrapper, no duplicated
+//! descriptor. Plain HTTP connections are bounded at every step: the
+//! request head and the idle time between requests by `timeouts.handshake`,
+//! the request body by `timeouts.body` (in `gateway::upstream`), and a
+//! response the client stops reading by `timeouts.write` (here, from
+//! `gateway::ResponseProgress`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::gateway::{ClientInfo, Gateway};
+
+/// After accept fails for lack of descriptors, buffers or memory, the
+/// pending connection is still queued and the next accept would fail the
+/// same way at once: wait this long instead of spinning a core.
+const LOCAL_FAULT_PAUSE: Duration = Duration::from_millis(50);
+
+/// What every connection of one running listener shares.
+pub(super) struct Listening {
+    pub name: Arc<str>,
+    /// Unique per started listener, so a reload that removes one (or moves
+    /// it to another address) closes exactly its connections.
+    pub id: u32,
+    pub gateway: Arc<Gateway>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Accepts until `closing` is set (the listener was removed) or the process
+/// shuts down; either way, every connection of this listener is then told
+/// through `closing` to finish its request in flight and close.
+pub(super) async fn accept_loop(
+    listening: Arc<Listening>,
+    socket: TcpListener,
+    closing: Arc<watch::Sender<bool>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut stop = closing.subscribe();
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = shutdown.changed() => {
+                closing.send_replace(true);
+                break;
+            }
+            accepted = socket.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let listening = listening.clone();
+                let closing = closing.subscribe();
+                tokio::spawn(async move { listening.connection(tcp, peer, closing).await });
+            }
+            Err(e) if crate::localfault::is_local_resource_error(&e) => {
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(listener = %listening.name, error = %e, "cannot accept: out of a local resource; pausing accepts");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::time::sleep(LOCAL_FAULT_PAUSE).await;
+            }
+            // ECONNABORTED and the like: that one client is gone.
+            Err(e) => tracing::debug!(listener = %listening.name, error = %e, "accept failed"),
+        }
+    }
+    tracing::info!(listener = %listening.name, "stopped accepting");
+}
+
+/// Keepalive on accepted sockets, so a client that vanished without a FIN
+/// (a phone that lost its network) is found in about two minutes rather
+/// than at the idle timeout.
+fn client_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4)
+}
+
+impl Listening {
+    async fn connection(
+        self: Arc<Self>,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        closing: watch::Receiver<bool>,
+    ) {
+        // Small WebSocket messages must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&client_keepalive());
+        let routing = self.gateway.routing();
+        // The snapshot is held only until the client's address is known (a
+        // bounded PROXY header read at most), not for the connection's life.
+        let (limits, timeouts, max_header_bytes, local, addr) = {
+            let snapshot = routing.snapshot.load();
+            let config = &snapshot.config;
+            // A reload removed this listener while the connection queued.
+            let Some(listener) = config.listeners.iter().find(|l| *l.name == *self.name) else {
+                return;
+            };
+            // One getsockname, only where a PROXY header toward a backend needs it.
+            let sends_proxy = config.pools.iter().any(|p| p.send_proxy_protocol);
+            let local = if sends_proxy {
+                tcp.local_addr().ok()
+            } else {
+                None
+            };
+            // Behind a balancer the client is who its PROXY header says, for
+            // every use of the address: limits, client_ip hashing, headers, logs.
+            let addr = match listener.proxy_protocol.as_deref() {
+                None => peer,
+                Some(accept_from) => {
+                    let read = super::proxied::client_address(
+                        &mut tcp,
+                        peer,
+                        accept_from,
+                        config.timeouts.handshake,
+                    );
+                    match read.await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            routing
+                                .admission
+                                .refused_proxy_protocol
+                                .fetch_add(1, Relaxed);
+                            tracing::debug!(%peer, error = %e, "connection refused: PROXY protocol");
+                            return;
+                        }
+                    }
+                }
+            };
+            (
+                config.limits,
+                config.timeouts,
+                config.limits.max_header_bytes,
+                local,
+                addr,
+            )
+        };
+        let slot = match routing.admission.admit(addr.ip(), &limits, Instant::now()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(client.addr = %addr, ?refusal, "connection refused at a limit");
+                return;
+            }
+        };
+        let span = tracing::debug_span!("accept", client.addr = %addr);
+        let client = Arc::new(ClientInfo::new(
+            addr,
+            self.tls.is_some(),
+            (self.name.clone(), self.id),
+            local,
+            slot,
+        ));
+        let http = Http1 {
+            gateway: self.gateway.clone(),
+            handshake_timeout: timeouts.handshake,
+            write_timeout: timeouts.write,
+            max_header_bytes,
+        };
+        async move {
+            match &self.tls {
+                None => http.serve(tcp, client, closing).await,
+                Some(config) => {
+                    let accept = super::tlsconn::accept(tcp, config.clone());
+                    match tokio::time::timeout(timeouts.handshake, accept).await {
+                        Ok(Ok(tls)) => http.serve(tls, client, closing).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// One client connection's HTTP/1.1 settings, read from the snapshot it was
+/// accepted under.
+struct Http1 {
+    gateway: Arc<Gateway>,
+    handshake_timeout: Duration,
+    write_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl Http1 {
+    async fn serve<I>(self, io: I, client: Arc<ClientInfo>, mut closing: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let gateway = self.gateway.clone();
+        let info = client.clone();
+        let service = service_fn(move |req| {
+            client.request_seen.store(true, Relaxed);
+            let (gateway, client) = (gateway.clone(), client.clone());
+            async move {
+                let (response, upgrade) = gateway.handle(&client, req).await;
+                if let Some(upgrade) = upgrade {
+                    super::splice::spawn(upgrade);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        // hyper's header timer also runs while a kept-alive connection waits
+        // for its next request, so it is the keep-alive idle timeout too.
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.handshake_timeout)
+            .max_buf_size(self.max_header_bytes)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            }
+            () = unread_response(&info, self.write_timeout) => {
+                tracing::debug!(timeout = ?self.write_timeout, "client stopped reading the response; closed");
+            }
+            // The guard wait_for returns must not live into the arm's awaits.
+            () = async { drop(closing.wait_for(|closing| *closing).await) } => {
+                // A connection accepted just before the shutdown (during an
+                // upgrade handoff, say) has not sent its request yet, and
+                // hyper would close it as idle: the client would see its
+                // connection dropped for nothing it did. Serve that first
+                // request (bounded by the handshake timeout), then close.
+                if !info.request_seen.load(Relaxed) {
+                    let first = std::future::poll_fn(|cx| {
+                        let polled = conn.as_mut().poll(cx);
+                        if polled.is_ready() || info.request_seen.load(Relaxed) {
+                            std::task::Poll::Ready(polled.is_ready())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    });
+                    if let Ok(true) = tokio::time::timeout(self.handshake_timeout, first).await {
+                        return;
+                    }
+                }
+                // Finish the request in flight, then close; upgraded
+                // tunnels have already been handed off and close themselves.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}
+
+/// Resolves once the response in flight on `client`'s connection has made
+/// no progress for `timeout` while its backend had data ready: the client
+/// is not reading. Checked once per `timeout`, so a stall is cut after
+/// between one and two timeouts.
+async fn unread_response(client: &ClientInfo, timeout: Duration) {
+    client.response.first_response().await;
+    let mut last = None;
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = client.response.stall_token();
+        if now.is_some() && now == last {
+            return;
+        }
+        last = now;
+    }
+}
