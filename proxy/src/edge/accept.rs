@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::config::Listener;
 use crate::gateway::{ClientInfo, Gateway};
 
 /// After accept fails for lack of descriptors, buffers or memory, the
@@ -36,7 +37,10 @@ const LOCAL_FAULT_PAUSE: Duration = Duration::from_millis(50);
 
 /// What every connection of one running listener shares.
 pub(super) struct Listening {
-    pub name: Arc<str>,
+    /// The listener as started. Its policies are read from the snapshot
+    /// (a reload may change them), falling back to these once a reload has
+    /// removed it and its last connections are still arriving.
+    pub config: Arc<Listener>,
     /// Unique per started listener, so a reload that removes one (or moves
     /// it to another address) closes exactly its connections.
     pub id: u32,
@@ -73,16 +77,18 @@ pub(super) async fn accept_loop(
             }
             Err(e) if crate::localfault::is_local_resource_error(&e) => {
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!(listener = %listening.name, error = %e, "cannot accept: out of a local resource; pausing accepts");
+                    tracing::warn!(listener = %listening.config.name, error = %e, "cannot accept: out of a local resource; pausing accepts");
                     last_warning = Some(Instant::now());
                 }
                 tokio::time::sleep(LOCAL_FAULT_PAUSE).await;
             }
             // ECONNABORTED and the like: that one client is gone.
-            Err(e) => tracing::debug!(listener = %listening.name, error = %e, "accept failed"),
+            Err(e) => {
+                tracing::debug!(listener = %listening.config.name, error = %e, "accept failed")
+            }
         }
     }
-    tracing::info!(listener = %listening.name, "stopped accepting");
+    tracing::info!(listener = %listening.config.name, "stopped accepting");
 }
 
 /// Keepalive on accepted sockets, so a client that vanished without a FIN
@@ -111,10 +117,11 @@ impl Listening {
         let (limits, timeouts, max_header_bytes, local, addr) = {
             let snapshot = routing.snapshot.load();
             let config = &snapshot.config;
-            // A reload removed this listener while the connection queued.
-            let Some(listener) = config.listeners.iter().find(|l| *l.name == *self.name) else {
-                return;
-            };
+            let listener = config
+                .listeners
+                .iter()
+                .find(|l| l.name == self.config.name)
+                .unwrap_or(&self.config);
             // One getsockname, only where a PROXY header toward a backend needs it.
             let sends_proxy = config.pools.iter().any(|p| p.send_proxy_protocol);
             let local = if sends_proxy {
@@ -165,7 +172,7 @@ impl Listening {
         let client = Arc::new(ClientInfo::new(
             addr,
             self.tls.is_some(),
-            (self.name.clone(), self.id),
+            (self.config.clone(), self.id),
             local,
             slot,
         ));
@@ -211,12 +218,16 @@ impl Http1 {
         let info = client.clone();
         let service = service_fn(move |req| {
             client.request_seen.store(true, Relaxed);
+            client.in_flight.store(true, Relaxed);
             let (gateway, client) = (gateway.clone(), client.clone());
             async move {
                 let (response, upgrade) = gateway.handle(&client, req).await;
                 if let Some(upgrade) = upgrade {
                     super::splice::spawn(upgrade);
                 }
+                // hyper writes the head in the same poll that sees this
+                // future finish, before `serve` can act on the flag.
+                client.in_flight.store(false, Relaxed);
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
@@ -240,26 +251,29 @@ impl Http1 {
             }
             // The guard wait_for returns must not live into the arm's awaits.
             () = async { drop(closing.wait_for(|closing| *closing).await) } => {
-                // A connection accepted just before the shutdown (during an
-                // upgrade handoff, say) has not sent its request yet, and
-                // hyper would close it as idle: the client would see its
-                // connection dropped for nothing it did. Serve that first
-                // request (bounded by the handshake timeout), then close.
-                if !info.request_seen.load(Relaxed) {
-                    let first = std::future::poll_fn(|cx| {
-                        let polled = conn.as_mut().poll(cx);
-                        if polled.is_ready() || info.request_seen.load(Relaxed) {
-                            std::task::Poll::Ready(polled.is_ready())
-                        } else {
-                            std::task::Poll::Pending
-                        }
-                    });
-                    if let Ok(true) = tokio::time::timeout(self.handshake_timeout, first).await {
-                        return;
+                // The listener is going away (removed, or the process shuts
+                // down or hands over). A connection that has not sent its
+                // first request yet (accepted in the last moment) would be
+                // closed by hyper as idle, and a request being answered
+                // would have its 101 turned into `Connection: close` by a
+                // graceful shutdown: the client would see a failure for
+                // nothing it did. So first let the first request arrive and
+                // the one in flight be answered; hyper's header timer bounds
+                // the wait for a head, the gateway's timeouts the answer.
+                let answered = std::future::poll_fn(|cx| {
+                    let polled = conn.as_mut().poll(cx);
+                    let idle = info.request_seen.load(Relaxed) && !info.in_flight.load(Relaxed);
+                    if polled.is_ready() || idle {
+                        std::task::Poll::Ready(polled.is_ready())
+                    } else {
+                        std::task::Poll::Pending
                     }
+                });
+                if answered.await {
+                    return;
                 }
-                // Finish the request in flight, then close; upgraded
-                // tunnels have already been handed off and close themselves.
+                // Then close; an upgraded tunnel has been handed off and
+                // closes itself (with 1001, from the control plane).
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }

@@ -389,7 +389,7 @@ impl Inner {
         self.next_id += 1;
         let id = self.next_id;
         let listening = Arc::new(Listening {
-            name: Arc::from(name.as_str()),
+            config: Arc::new(l.config.clone()),
             id,
             gateway: attached.gateway.clone(),
             tls: l.tls,

@@ -50,8 +50,9 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub tls: bool,
-    /// The listener's name, for its Origin policy.
-    pub listener: Arc<str>,
+    /// The listener as it was started, for its name and, once a reload
+    /// removed it, its Origin policy (while it runs, the snapshot's).
+    pub listener: Arc<crate::config::Listener>,
     /// The running listener's id, so that removing it by reload closes
     /// this connection's tunnel (`routing::registry`).
     pub listener_id: u32,
@@ -60,6 +61,9 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     /// A request has arrived on this connection (see `server` on shutdown).
     pub request_seen: AtomicBool,
+    /// A request is being answered: a graceful close now would turn its
+    /// 101 into `Connection: close` (see `edge::accept`), so it waits.
+    pub in_flight: AtomicBool,
     /// The response being written on this connection, for the write timeout.
     pub response: ResponseProgress,
     /// This connection's place under the connection limits, held until
@@ -71,7 +75,7 @@ impl ClientInfo {
     pub fn new(
         addr: SocketAddr,
         tls: bool,
-        listener: (Arc<str>, u32),
+        listener: (Arc<crate::config::Listener>, u32),
         local: Option<SocketAddr>,
         slot: Slot,
     ) -> Self {
@@ -82,6 +86,7 @@ impl ClientInfo {
             listener_id: listener.1,
             local,
             request_seen: AtomicBool::new(false),
+            in_flight: AtomicBool::new(false),
             response: ResponseProgress::default(),
             _slot: slot,
         }
@@ -166,18 +171,13 @@ impl Gateway {
                     retry_after: None,
                 }
             })?;
-            // A listener a reload just removed has no policy to check
-            // against: its connections are closing, so no new tunnel.
+            // The listener's policy as of now; one a reload just removed
+            // (its connections are closing) keeps the policy it had.
             let listener = config
                 .listeners
                 .iter()
-                .find(|l| *l.name == *client.listener)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "this listener is being removed",
-                    )
-                })?;
+                .find(|l| l.name == client.listener.name)
+                .unwrap_or(&client.listener);
             let policies = [
                 route.allowed_origins.as_deref(),
                 config
