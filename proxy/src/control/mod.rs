@@ -266,6 +266,11 @@ impl ControlPlane {
         (plane, routing)
     }
 
+    /// The files the watcher polls, as of the config the process starts with.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        self.task.watched_files()
+    }
+
     /// Runs the task until every handle is dropped. Must run on a tokio
     /// runtime (the control thread's): drain jobs and health checkers are
     /// spawned onto it.

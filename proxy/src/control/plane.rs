@@ -29,15 +29,29 @@ pub fn spawn(
     plane: ControlPlane,
     options: PlaneOptions,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    // Taken now, before any listener says it is ready: a file saved right
+    // after the readiness line is then a change, not the watcher's first
+    // look at it.
+    let mut seen = HashMap::new();
+    if options.watch.is_some() {
+        for f in plane.watched_files() {
+            let t = mtime(&f);
+            seen.insert(f, t);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     std::thread::Builder::new()
         .name("wsgate-control".into())
-        .spawn(move || runtime.block_on(run(plane, options)))
+        .spawn(move || runtime.block_on(run(plane, options, seen)))
 }
 
-async fn run(plane: ControlPlane, options: PlaneOptions) {
+async fn run(
+    plane: ControlPlane,
+    options: PlaneOptions,
+    seen: HashMap<PathBuf, Option<SystemTime>>,
+) {
     let control = plane.handle.clone();
     tokio::spawn(plane.run());
     if let Some((listener, token)) = options.admin {
@@ -52,7 +66,7 @@ async fn run(plane: ControlPlane, options: PlaneOptions) {
         }
     }
     if options.watch.is_some() {
-        tokio::spawn(watch_files(control.clone()));
+        tokio::spawn(watch_files(control.clone(), seen));
     }
     let (Ok(mut hup), Ok(mut term), Ok(mut quit)) = (
         signal(SignalKind::hangup()),
@@ -83,15 +97,17 @@ async fn run(plane: ControlPlane, options: PlaneOptions) {
     }
 }
 
+fn mtime(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// Reloads when the modification time of the config file, or of a
 /// certificate or key file of a running TLS listener, changes. Polling once
 /// a second needs no platform watcher, catches editors that replace a file
 /// instead of writing it in place, and follows symbolic links, so a
 /// Kubernetes secret volume (whose `..data` link is swapped) is seen too.
 /// The list of files is asked for on every round: a reload may change it.
-async fn watch_files(control: ControlHandle) {
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last: HashMap<PathBuf, Option<SystemTime>> = HashMap::new();
+async fn watch_files(control: ControlHandle, mut last: HashMap<PathBuf, Option<SystemTime>>) {
     loop {
         let Ok(files) = control.watched_files().await else {
             return;

@@ -97,6 +97,14 @@ impl ControlTask {
         }
     }
 
+    /// The config file and the certificate and key files of the running
+    /// TLS listeners: what the file watcher polls.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
+        files.extend(self.certificates.files(&self.config));
+        files
+    }
+
     fn handle(&mut self, command: Command) {
         // A reply whose asker went away has no one to tell: ignored.
         match command {
@@ -138,9 +146,7 @@ impl ControlTask {
                 let _ = reply.send(self.status());
             }
             Command::WatchedFiles { reply } => {
-                let mut files: Vec<PathBuf> = self.config_path.iter().cloned().collect();
-                files.extend(self.certificates.files(&self.config));
-                let _ = reply.send(files);
+                let _ = reply.send(self.watched_files());
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(Metrics {
