@@ -73,7 +73,10 @@ pub(super) async fn accept_loop(
             Ok((tcp, peer)) => {
                 let listening = listening.clone();
                 let closing = closing.subscribe();
-                tokio::spawn(async move { listening.connection(tcp, peer, closing).await });
+                // Boxed: the connection's future (TLS, hyper, the gateway's
+                // request) is kilobytes, and spawning moves a future by
+                // value several times; a box moves once.
+                tokio::spawn(Box::pin(listening.connection(tcp, peer, closing)));
             }
             Err(e) if crate::localfault::is_local_resource_error(&e) => {
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::tlsconn::TlsConn;
-use crate::gateway::{TunnelStart, Upgrade};
+use crate::gateway::{BackendSide, TunnelStart, Upgrade};
 use crate::routing::registry::ConnGuard;
 use crate::routing::Routing;
 use crate::tunnel::{self, CloseSignal, Early, Side, TunnelConfig, TunnelReport};
@@ -31,19 +31,16 @@ pub fn spawn(upgrade: Upgrade) {
         tunnel,
         span,
     } = upgrade;
-    tokio::spawn(start(client, backend, tunnel).instrument(span));
+    tokio::spawn(Box::pin(start(client, backend, tunnel).instrument(span)));
 }
 
-/// Waits for both upgrades to complete, then spawns the tunnel.
-async fn start(client: OnUpgrade, backend: OnUpgrade, ctx: TunnelStart) {
-    let (client, backend) = match tokio::join!(client, backend) {
-        (Ok(c), Ok(b)) => (c, b),
-        (c, b) => {
-            tracing::warn!(
-                client_ok = c.is_ok(),
-                backend_ok = b.is_ok(),
-                "upgrade did not complete"
-            );
+/// Waits for the client's upgrade to complete (hyper has written the 101),
+/// then spawns the tunnel.
+async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
+    let client = match client.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(error = %e, "the client's upgrade did not complete");
             return;
         }
     };
@@ -94,16 +91,13 @@ impl End {
 
 fn spawn_tunnel(
     client: Upgraded,
-    backend: Upgraded,
+    backend: BackendSide,
     cfg: TunnelConfig,
     end: End,
 ) -> Result<(), &'static str> {
-    let backend = backend
-        .downcast::<TokioIo<TcpStream>>()
-        .map_err(|_| "the backend connection is not a TCP stream")?;
     let mut rest = Rest {
-        backend_early: Early::new(backend.read_buf),
-        backend_tcp: backend.io.into_inner(),
+        backend_early: Early::new(backend.early),
+        backend_tcp: backend.socket,
         cfg,
         end,
     };

@@ -46,95 +46,186 @@ pub struct Hop<'a> {
     pub trusted: bool,
 }
 
-/// Builds the request to the backend from the client's. `path` replaces
-/// the request's path when routing normalised it.
+/// Where the headers of a backend request go: a `HeaderMap` for a request
+/// hyper sends, or the wire for a WebSocket upgrade wsgate writes itself.
+/// One function ([`backend_headers`]) decides the headers for both, so the
+/// two paths cannot disagree about what a backend is told.
+pub trait HeaderSink {
+    fn header(&mut self, name: &HeaderName, value: &[u8]);
+}
+
+impl HeaderSink for HeaderMap {
+    fn header(&mut self, name: &HeaderName, value: &[u8]) {
+        // Values are copied from a parsed request or built from an address
+        // and a host name checked below, so they are valid header values.
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            self.append(name.clone(), v);
+        }
+    }
+}
+
+/// An HTTP/1.1 request head being written.
+pub struct Wire(pub Vec<u8>);
+
+impl HeaderSink for Wire {
+    fn header(&mut self, name: &HeaderName, value: &[u8]) {
+        self.0.extend_from_slice(name.as_str().as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The request target the backend gets: the normalised path when routing
+/// made one, with the query.
+fn target<'a>(uri: &'a Uri, path: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match (path, uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}").into(),
+        (Some(p), None) => p.to_string().into(),
+        (None, _) => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+    }
+}
+
+/// Builds the request to the backend from the client's (for hyper to send).
+/// `path` replaces the request's path when routing normalised it.
 pub fn request<B>(req: Request<B>, hop: Hop<'_>, path: Option<&str>, is_ws: bool) -> Request<B> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = match (path, parts.uri.query()) {
-        (Some(p), Some(q)) => format!("{p}?{q}"),
-        (Some(p), None) => p.to_string(),
-        (None, _) => parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string(),
-    };
-    parts.uri = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+    let target = target(&parts.uri, path).into_owned();
+    parts.uri = Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    if !parts.headers.contains_key(header::HOST) && !hop.host.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(hop.host) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    strip_hop_by_hop(&mut parts.headers);
-    if is_ws {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    }
-    if !hop.trusted {
-        for name in &FORWARDING {
-            if parts.headers.contains_key(name) {
-                parts.headers.remove(name);
-            }
-        }
-    }
-    add_forwarding(&mut parts.headers, &hop);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    backend_headers(&parts.headers, &hop, is_ws, &mut headers);
+    parts.headers = headers;
     Request::from_parts(parts, body)
 }
 
-fn add_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    let ip = hop.client.to_canonical();
-    let proto = if hop.tls { "https" } else { "http" };
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
-    };
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if !hop.host.is_empty()
-        && hop
-            .host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-    {
-        forwarded.push_str(&format!(";host=\"{}\"", hop.host));
+/// The whole head of a WebSocket upgrade request to the backend, after
+/// `prefix` (a PROXY protocol header, or nothing): what [`request`] would
+/// make, written straight to bytes (`gateway::upgrade` sends it).
+pub fn upgrade_request(
+    parts: &http::request::Parts,
+    hop: Hop<'_>,
+    path: Option<&str>,
+    prefix: Vec<u8>,
+) -> Vec<u8> {
+    let mut wire = Wire(prefix);
+    wire.0.reserve(512);
+    wire.0.extend_from_slice(parts.method.as_str().as_bytes());
+    wire.0.push(b' ');
+    wire.0
+        .extend_from_slice(target(&parts.uri, path).as_bytes());
+    wire.0.extend_from_slice(b" HTTP/1.1\r\n");
+    backend_headers(&parts.headers, &hop, true, &mut wire);
+    wire.0.extend_from_slice(b"\r\n");
+    wire.0
+}
+
+/// Headers that describe one hop only (RFC 9110 7.6.1); with the ones the
+/// `Connection` header names, they are not forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Emits into `sink` the headers the backend gets for a request with
+/// `headers`: the end-to-end ones (Sec-WebSocket-* untouched), `Host` if
+/// the client sent none, the upgrade pair again for a WebSocket, and the
+/// forwarding headers (kept and appended to from a trusted peer, replaced
+/// otherwise).
+pub fn backend_headers(
+    headers: &HeaderMap,
+    hop: &Hop<'_>,
+    is_ws: bool,
+    sink: &mut impl HeaderSink,
+) {
+    if !headers.contains_key(header::HOST) && !hop.host.is_empty() {
+        sink.header(&header::HOST, hop.host.as_bytes());
     }
-    if let Some(prev) = joined(headers, &header::FORWARDED) {
-        forwarded = format!("{prev}, {forwarded}");
-    }
-    // A trusted proxy that terminated TLS knows the scheme the client used.
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    for (name, value) in [(X_FORWARDED_FOR, xff), (header::FORWARDED, forwarded)] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for (name, value) in headers {
+        let dropped = HOP_BY_HOP.contains(name)
+            || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+            || (!hop.trusted && FORWARDING.contains(name))
+            // Rewritten below, with what a trusted peer sent first.
+            || *name == X_FORWARDED_FOR
+            || *name == header::FORWARDED;
+        if !dropped {
+            sink.header(name, value.as_bytes());
         }
     }
-}
-
-/// All values of a list header as one, so a chain split over several
-/// header lines is kept whole.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let mut out = values.next()?.to_string();
-    for v in values {
-        out.push_str(", ");
-        out.push_str(v);
+    if is_ws {
+        sink.header(&header::CONNECTION, b"Upgrade");
+        sink.header(&header::UPGRADE, b"websocket");
     }
-    Some(out)
+    add_forwarding(headers, hop, sink);
 }
 
-/// Removes headers that describe one hop only (RFC 9110 7.6.1), including
-/// any named in `Connection`.
+fn add_forwarding(headers: &HeaderMap, hop: &Hop<'_>, sink: &mut impl HeaderSink) {
+    use std::fmt::Write;
+    let ip = hop.client.to_canonical();
+    let proto = if hop.tls { "https" } else { "http" };
+    // A trusted proxy that terminated TLS knows the scheme the client used
+    // (its header was kept above).
+    if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        sink.header(&X_FORWARDED_PROTO, proto.as_bytes());
+    }
+    // The address is formatted once, for both headers.
+    let mut addr = String::with_capacity(48);
+    let _ = match ip {
+        IpAddr::V6(_) => write!(addr, "\"[{ip}]\""),
+        IpAddr::V4(_) => write!(addr, "{ip}"),
+    };
+    let bare = addr.trim_matches(|c| c == '"' || c == '[' || c == ']');
+    let mut value = String::with_capacity(96);
+    if hop.trusted {
+        join_into(&mut value, headers, &X_FORWARDED_FOR);
+    }
+    value.push_str(bare);
+    sink.header(&X_FORWARDED_FOR, value.as_bytes());
+    value.clear();
+    if hop.trusted {
+        join_into(&mut value, headers, &header::FORWARDED);
+    }
+    value.push_str("for=");
+    value.push_str(&addr);
+    value.push_str(";proto=");
+    value.push_str(proto);
+    let host_is_token = hop
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    if !hop.host.is_empty() && host_is_token {
+        value.push_str(";host=\"");
+        value.push_str(hop.host);
+        value.push('"');
+    }
+    sink.header(&header::FORWARDED, value.as_bytes());
+}
+
+/// Appends every value of a list header, then `, `, so a chain split over
+/// several header lines is kept whole; nothing when there is none.
+fn join_into(out: &mut String, headers: &HeaderMap, name: &HeaderName) {
+    for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        out.push_str(v);
+        out.push_str(", ");
+    }
+}
+
+/// Removes hop-by-hop headers (and those `Connection` names) from a
+/// response relayed to the client.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -143,20 +234,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
 }
@@ -230,6 +308,53 @@ mod tests {
         );
         assert_eq!(h["x-real-ip"], "10.0.0.1");
         assert_eq!(h["x-forwarded-host"], "evil.example");
+    }
+
+    #[test]
+    fn the_written_upgrade_request_says_what_the_hyper_request_says() {
+        for trusted in [false, true] {
+            let mut req = forged();
+            let h = req.headers_mut();
+            h.insert(
+                header::CONNECTION,
+                HeaderValue::from_static("Upgrade, x-hop"),
+            );
+            h.insert("x-hop", HeaderValue::from_static("1"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(
+                "sec-websocket-key",
+                HeaderValue::from_static("dGhlIHNhbXBsZQ=="),
+            );
+            h.append("cookie", HeaderValue::from_static("a=1"));
+            h.append("cookie", HeaderValue::from_static("b=2"));
+            let (parts, ()) = req.into_parts();
+            let wire = upgrade_request(
+                &parts,
+                hop("192.0.2.7", trusted),
+                Some("/ws"),
+                b"PROXY ".to_vec(),
+            );
+            let via_hyper = request(
+                Request::from_parts(parts, ()),
+                hop("192.0.2.7", trusted),
+                Some("/ws"),
+                true,
+            );
+            let text = String::from_utf8(wire).unwrap();
+            let head = text.strip_prefix("PROXY GET /ws HTTP/1.1\r\n").unwrap();
+            let head = head.strip_suffix("\r\n\r\n").unwrap();
+            let mut written: Vec<String> = head.lines().map(str::to_string).collect();
+            let mut expected: Vec<String> = via_hyper
+                .headers()
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect();
+            written.sort();
+            expected.sort();
+            assert_eq!(written, expected, "trusted: {trusted}");
+            assert!(!text.contains("x-hop") && text.contains("connection: Upgrade"));
+            assert!(text.contains("cookie: a=1\r\ncookie: b=2"), "{text}");
+        }
     }
 
     #[test]

@@ -8,13 +8,13 @@
 //! half-handshake.
 
 use base64::Engine;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{AsHeaderName, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
-pub const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
-pub const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
-pub const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
+// Typed names: a lookup by `&str` parses and hashes the name again on
+// every handshake.
+pub use http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
 
 /// Appended to the key before hashing it into the accept value (RFC 6455 1.3).
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -60,7 +60,7 @@ impl HandshakeError {
 
 /// True if the request carries any sign of wanting a WebSocket.
 pub fn is_upgrade_attempt(headers: &HeaderMap) -> bool {
-    header_has_token(headers, UPGRADE.as_str(), "websocket")
+    header_has_token(headers, UPGRADE, "websocket")
         || headers.contains_key(SEC_WEBSOCKET_KEY)
         || headers.contains_key(SEC_WEBSOCKET_VERSION)
 }
@@ -77,10 +77,10 @@ pub fn validate(
     if version != Version::HTTP_11 {
         return Err(HandshakeError::HttpVersion);
     }
-    if !header_has_token(headers, UPGRADE.as_str(), "websocket") {
+    if !header_has_token(headers, UPGRADE, "websocket") {
         return Err(HandshakeError::NoUpgradeHeader);
     }
-    if !header_has_token(headers, CONNECTION.as_str(), "upgrade") {
+    if !header_has_token(headers, CONNECTION, "upgrade") {
         return Err(HandshakeError::NoConnectionUpgrade);
     }
     match headers.get_all(HOST).iter().count() {
@@ -139,7 +139,7 @@ pub enum BackendHandshakeError {
 /// backend that answers with anything else did not open a WebSocket, and
 /// the tunnel would be speaking to something that is not one.
 pub fn check_backend_101(key: &[u8], headers: &HeaderMap) -> Result<(), BackendHandshakeError> {
-    if !header_has_token(headers, UPGRADE.as_str(), "websocket") {
+    if !header_has_token(headers, UPGRADE, "websocket") {
         return Err(BackendHandshakeError::NoUpgrade);
     }
     let mut accepts = headers.get_all(SEC_WEBSOCKET_ACCEPT).iter();
@@ -151,7 +151,7 @@ pub fn check_backend_101(key: &[u8], headers: &HeaderMap) -> Result<(), BackendH
 
 /// Whether a comma-separated header (any of its lines) contains `token`,
 /// case-insensitively.
-pub fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+pub fn header_has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -247,12 +247,12 @@ mod tests {
         h.remove(HOST);
         assert_eq!(check(&h), Err(HandshakeError::MissingHost));
         for (name, shown) in [
-            (HOST.as_str(), "Host"),
+            (HOST, "Host"),
             (SEC_WEBSOCKET_KEY, "Sec-WebSocket-Key"),
             (SEC_WEBSOCKET_VERSION, "Sec-WebSocket-Version"),
         ] {
             let mut h = good();
-            let first = h[name].clone();
+            let first = h[&name].clone();
             h.append(name, first);
             let e = check(&h).unwrap_err();
             assert_eq!(e, HandshakeError::Duplicate(shown));

@@ -32,6 +32,7 @@ use tracing::Instrument;
 mod forwarding;
 pub(crate) mod handshake;
 mod response;
+mod upgrade;
 pub(crate) mod upstream;
 
 pub use response::ResponseProgress;
@@ -97,10 +98,16 @@ impl ClientInfo {
 /// upgrades finish.
 pub struct Upgrade {
     pub client: OnUpgrade,
-    pub backend: OnUpgrade,
+    pub backend: BackendSide,
     pub tunnel: TunnelStart,
     /// The request's span, for the tunnel's log lines.
     pub span: tracing::Span,
+}
+
+/// The backend's connection after its 101, with what it sent after the head.
+pub struct BackendSide {
+    pub socket: tokio::net::TcpStream,
+    pub early: Bytes,
 }
 
 /// What a tunnel needs besides its two connections.
@@ -234,21 +241,13 @@ impl Gateway {
         );
         tracing::debug!(parent: &span, method = %req.method(), path = req.uri().path(), "routed");
 
-        let client_upgrade = is_ws.then(|| hyper::upgrade::on(&mut req));
-        // Validated above: an upgrade attempt has exactly one key.
-        let ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
         let trusted = forwarding::is_trusted(&config.trusted_proxies, client.addr.ip());
-        let upstream_req = forwarding::request(
-            req,
-            forwarding::Hop {
-                client: client.addr.ip(),
-                tls: client.tls,
-                host: &host,
-                trusted,
-            },
-            normalized.as_deref(),
-            is_ws,
-        );
+        let hop = forwarding::Hop {
+            client: client.addr.ip(),
+            tls: client.tls,
+            host: &host,
+            trusted,
+        };
         let timeouts = UpstreamTimeouts {
             connect: config.timeouts.backend_connect,
             response: route
@@ -256,31 +255,53 @@ impl Gateway {
                 .unwrap_or(config.timeouts.backend_response),
             body: config.timeouts.body,
         };
-        // (refusal, whether the backend is to blame)
         let proxy_header = config
             .pools
             .get(route.pool)
             .filter(|p| p.send_proxy_protocol)
             .map(|_| proxy_header(client));
-        let answered = upstream::send(&backend.address, upstream_req, timeouts, proxy_header)
-            .instrument(span.clone())
-            .await
+        let answered = if is_ws {
+            let client_side = hyper::upgrade::on(&mut req);
+            // Validated above: an upgrade attempt has exactly one key.
+            let ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
+            let (parts, _) = req.into_parts();
+            let wire = forwarding::upgrade_request(
+                &parts,
+                hop,
+                normalized.as_deref(),
+                proxy_header.unwrap_or_default(),
+            );
+            let max_head = config.limits.max_header_bytes;
+            upgrade::upgrade(&backend.address, &wire, timeouts, max_head)
+                .instrument(span.clone())
+                .await
+                .map(|answer| Answered::Upgrade(answer, client_side, ws_key))
+        } else {
+            let upstream_req = forwarding::request(req, hop, normalized.as_deref(), false);
+            upstream::send(&backend.address, upstream_req, timeouts, proxy_header)
+                .instrument(span.clone())
+                .await
+                .map(Answered::Plain)
+        };
+        // (refusal, whether the backend is to blame)
+        let answered = answered
             .map_err(|e| {
                 let blame = e.counts_against_backend();
                 (Refusal::new(e.status(), e.to_string()), blame)
             })
-            .and_then(|resp| match (&ws_key, resp.status()) {
-                (Some(key), StatusCode::SWITCHING_PROTOCOLS) if is_ws => {
-                    handshake::check_backend_101(key.as_bytes(), resp.headers())
-                        .map(|()| resp)
+            .and_then(|answered| match &answered {
+                Answered::Upgrade(upgrade::Answer::Switched { head, .. }, _, key) => {
+                    let key = key.as_ref().map_or(&[][..], |k| k.as_bytes());
+                    handshake::check_backend_101(key, head.headers())
+                        .map(|()| answered)
                         .map_err(|e| (Refusal::new(StatusCode::BAD_GATEWAY, e.to_string()), true))
                 }
-                _ => Ok(resp),
+                _ => Ok(answered),
             });
-        let mut resp = match answered {
-            Ok(resp) => {
+        let answered = match answered {
+            Ok(answered) => {
                 choice.conns.passive_success();
-                resp
+                answered
             }
             Err((refusal, false)) => {
                 tracing::debug!(parent: &span, error = %refusal.reason, "request failed, not by the backend");
@@ -297,11 +318,19 @@ impl Gateway {
             }
         };
 
-        match client_upgrade {
-            Some(client_side) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+        match answered {
+            Answered::Upgrade(
+                upgrade::Answer::Switched {
+                    head,
+                    socket,
+                    early,
+                },
+                client_side,
+                _,
+            ) => {
                 let upgrade = Upgrade {
                     client: client_side,
-                    backend: hyper::upgrade::on(&mut resp),
+                    backend: BackendSide { socket, early },
                     tunnel: TunnelStart {
                         routing: self.routing.clone(),
                         conns: choice.conns.clone(),
@@ -311,10 +340,17 @@ impl Gateway {
                     },
                     span,
                 };
-                let (parts, _) = resp.into_parts();
+                let (parts, ()) = head.into_parts();
                 Ok((Response::from_parts(parts, empty()), Some(upgrade)))
             }
-            _ => {
+            Answered::Upgrade(upgrade::Answer::Other(resp), _, _) => {
+                // Relayed whole (`upgrade::MAX_RELAYED_BODY`).
+                let (mut parts, body) = resp.into_parts();
+                forwarding::strip_hop_by_hop(&mut parts.headers);
+                let body = Full::new(body).map_err(|never| match never {}).boxed();
+                Ok((Response::from_parts(parts, body), None))
+            }
+            Answered::Plain(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 forwarding::strip_hop_by_hop(&mut parts.headers);
                 let body = response::WatchedBody::new(body, client.clone());
@@ -322,6 +358,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What the backend answered, by the path the request took.
+enum Answered {
+    /// A WebSocket upgrade, with the client's side of it and its key.
+    Upgrade(upgrade::Answer, OnUpgrade, Option<HeaderValue>),
+    Plain(Response<Incoming>),
 }
 
 /// The PROXY v2 header that tells a backend who the client is. A

@@ -1,5 +1,7 @@
 //! Talking to a backend: connect with a timeout, send one request over a
 //! fresh HTTP/1.1 connection, wait for the response head with a timeout.
+//! Plain requests go through hyper's client here; WebSocket upgrades take
+//! the leaner `upgrade` path, with the same connect and error kinds.
 //!
 //! Failures are classified twice: for the client (refused or broken
 //! connections are 502, timeouts 504) and for health
@@ -59,6 +61,21 @@ pub enum UpstreamError {
         address: String,
         source: hyper::Error,
     },
+    /// A read or write on the backend connection failed (a reset, say).
+    #[error("backend {address} failed: {source}")]
+    Io {
+        address: String,
+        source: std::io::Error,
+    },
+    /// The backend's answer to an upgrade could not be read (`upgrade`).
+    #[error("backend {address} sent an invalid answer: {reason}")]
+    BadResponse {
+        address: String,
+        reason: super::upgrade::HeadError,
+    },
+    /// The backend refused an upgrade with a body too large to relay.
+    #[error("backend {address} refused the upgrade with a body over {limit} bytes")]
+    RelayTooLarge { address: String, limit: usize },
     #[error("backend {address} stopped reading the request body for {timeout:?}")]
     UploadStalled { address: String, timeout: Duration },
     /// The client's own request body broke (aborted, malformed chunking).
@@ -74,7 +91,11 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { .. }
             | UpstreamError::ResponseTimeout { .. }
             | UpstreamError::UploadStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Connect { .. } | UpstreamError::Http { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamError::Connect { .. }
+            | UpstreamError::Http { .. }
+            | UpstreamError::Io { .. }
+            | UpstreamError::BadResponse { .. }
+            | UpstreamError::RelayTooLarge { .. } => StatusCode::BAD_GATEWAY,
             UpstreamError::LocalResources { .. } => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             UpstreamError::ClientBodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -88,8 +109,12 @@ impl UpstreamError {
             | UpstreamError::Connect { .. }
             | UpstreamError::ResponseTimeout { .. }
             | UpstreamError::Http { .. }
+            | UpstreamError::Io { .. }
+            | UpstreamError::BadResponse { .. }
             | UpstreamError::UploadStalled { .. } => true,
-            UpstreamError::LocalResources { .. }
+            // A valid answer, only too big for wsgate to relay.
+            UpstreamError::RelayTooLarge { .. }
+            | UpstreamError::LocalResources { .. }
             | UpstreamError::ClientBody { .. }
             | UpstreamError::ClientBodyStalled { .. } => false,
         }
@@ -205,7 +230,7 @@ where
     }
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+pub(super) async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Err(_) => {
             return Err(UpstreamError::ConnectTimeout {
