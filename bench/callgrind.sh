@@ -3,6 +3,10 @@
 # callgrind, for one or more wsgate binaries in the same run:
 #
 #   bench/callgrind.sh OLD_WSGATE NEW_WSGATE [...]
+#   bench/callgrind.sh before=OLD_WSGATE after=NEW_WSGATE   # labelled rows
+#   OUT=bench/results/instructions.md bench/callgrind.sh ...  # also write the
+#       table there, with the date and commit; bench/compare.sh's report
+#       (BENCHMARKS.md) includes that file
 #
 # Instruction counts do not depend on what else the machine is doing, so an
 # A/B on a shared box is repeatable where CPU seconds are not. Each binary
@@ -16,7 +20,7 @@
 # (cargo build --release -p backend-example -p wsgate-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
+[ $# -ge 1 ] || { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
 release=target/release
 for b in chat-backend wsgate-bench; do
@@ -81,11 +85,23 @@ per_unit() {
     python3 -c "print(round(($ir2 - $ir1) / ($n2 - $n1)))"
 }
 
-printf '| binary | instructions per echoed message | instructions per handshake |\n|---|---|---|\n'
-for bin in "$@"; do
+table=$work/table.md
+printf '| binary | instructions per echoed message | instructions per handshake |\n|---|---|---|\n' | tee "$table"
+for arg in "$@"; do
+    label=${arg%%=*} bin=${arg#*=}
     msg=$(per_unit "$bin" 4 12 received rate --url "ws://127.0.0.1:$port/echo?user={user}" \
         -c 20 -r 400 --size 64 --warmup 1s)
     hs=$(per_unit "$bin" 4 16 completed handshake --url "ws://127.0.0.1:$port/echo?user={user}" \
         --concurrency 2 --size 64)
-    printf '| %s | %s | %s |\n' "$bin" "$msg" "$hs"
+    printf '| %s | %s | %s |\n' "$label" "$msg" "$hs" | tee -a "$table"
 done
+if [[ -n ${OUT:-} ]]; then
+    {
+        printf 'Measured %s on commit %s by `bench/callgrind.sh` (valgrind %s): plain ws through\n' \
+            "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(valgrind --version)"
+        printf 'one worker thread; a message is one 64-byte echo (client to backend and back), a\n'
+        printf 'handshake is TCP connect, upgrade, one echo and close. Same binary and input give\n'
+        printf 'the same count within about 1%%; compare rows measured in the same run.\n\n'
+        cat "$table"
+    } >"$OUT"
+fi

@@ -134,6 +134,7 @@ install_packages() {
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v ss >/dev/null || missing+=(iproute2)
     command -v cmake >/dev/null || missing+=(cmake) # pingora's libz-ng-sys
+    command -v perf >/dev/null || missing+=(linux-perf) # system calls per message
     command -v cargo >/dev/null || [[ $NO_BUILD == 1 ]] || die "cargo is missing: install Rust (rustup) first"
     [[ ${#missing[@]} == 0 ]] && return
     [[ $NO_INSTALL == 1 ]] && die "missing: ${missing[*]} (NO_INSTALL=1)"
@@ -294,11 +295,12 @@ stop_proxy() {
 RUN_SEQ=0
 START_SEQ=0
 
-# CPU ticks (1/100 s) of PIDs, summed; 0 for any that has exited.
+# CPU ticks (1/100 s) of PIDs, summed; 0 for any that has exited. FIELDS
+# picks them: 12 + 13 (user + system, the default), 12 (user) or 13 (system).
 ticks() {
     local pid total=0 t
     for pid in "$@"; do
-        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        t=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk "{print ${FIELDS:-\$12 + \$13}}") || t=0
         total=$((total + ${t:-0}))
     done
     echo "$total"
@@ -315,20 +317,24 @@ busy_ticks() {
 load_begin() {
     L_BUSY=$(busy_ticks)
     L_PROXY=$(ticks "${PROXY_PIDS[@]}")
+    L_PROXY_SYS=$(FIELDS='$13' ticks "${PROXY_PIDS[@]}")
     L_BACKENDS=$(ticks "${BACKEND_PIDS[@]}")
     L_T=$(date +%s.%N)
 }
 
 load_json() {
-    local busy proxy backends t
+    local busy proxy proxy_sys backends t
     busy=$(busy_ticks)
     proxy=$(ticks "${PROXY_PIDS[@]}")
+    proxy_sys=$(FIELDS='$13' ticks "${PROXY_PIDS[@]}")
     backends=$(ticks "${BACKEND_PIDS[@]}")
     t=$(date +%s.%N)
-    printf '{"wall_s":%s,"busy_s":%s,"proxy_s":%s,"backends_s":%s,"loadavg":"%s"}' \
+    printf '{"wall_s":%s,"busy_s":%s,"proxy_s":%s,"proxy_sys_s":%s,"syscalls":%s,"backends_s":%s,"loadavg":"%s"}' \
         "$(awk -v a="$L_T" -v b="$t" 'BEGIN {printf "%.3f", b - a}')" \
         "$(awk -v a="$L_BUSY" -v b="$busy" 'BEGIN {printf "%.2f", (b - a) / 100}')" \
         "$(awk -v a="$L_PROXY" -v b="$proxy" 'BEGIN {printf "%.2f", (b - a) / 100}')" \
+        "$(awk -v a="$L_PROXY_SYS" -v b="$proxy_sys" 'BEGIN {printf "%.2f", (b - a) / 100}')" \
+        "${SYSCALLS:-null}" \
         "$(awk -v a="$L_BACKENDS" -v b="$backends" 'BEGIN {printf "%.2f", (b - a) / 100}')" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
@@ -343,8 +349,26 @@ bench() {
     local pids=() pid status=0
     for pid in "${PROXY_PIDS[@]}"; do pids+=(--pid "$pid"); done
     load_begin
+    # Counting system calls puts a tracepoint on each one, which costs the
+    # proxy CPU: only the syscalls_* runs count, the CPU runs stay clean.
+    local perf_pid=
+    SYSCALLS=
+    if [[ $test == syscalls_* ]]; then
+        perf stat -e raw_syscalls:sys_enter -x, -o "$out.perf" \
+            -p "$(IFS=,; echo "${PROXY_PIDS[*]}")" 2>/dev/null &
+        perf_pid=$!
+        # perf needs a moment to attach; a run that starts before it would
+        # count fewer calls than it made.
+        sleep 1
+    fi
     taskset -c "$LOAD_CPU" timeout --signal=INT --kill-after=10 "$limit" \
         "$BENCH" --threads 1 --no-progress "${pids[@]}" "$mode" "$@" >"$out.out" 2>"$out.err" || status=$?
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        SYSCALLS=$(awk -F, '/raw_syscalls:sys_enter/ {print $1; exit}' "$out.perf" 2>/dev/null)
+        [[ $SYSCALLS =~ ^[0-9]+$ ]] || SYSCALLS=
+    fi
     local line
     line=$(tail -n 1 "$out.out" 2>/dev/null || true)
     [[ $line == \{* ]] || line=null
@@ -423,13 +447,27 @@ drain_run() { # REP
     stop_proxy
 }
 
+# The fixed-rate echo again, shorter, with the proxy's system calls counted
+# (perf's raw_syscalls tracepoint): once per proxy and transport, in the
+# first repetition.
+syscalls_run() { # REP PROXY ws|wss
+    bench "$1" "$2" "syscalls_$3" 60 rate --url "$(url "$2" "$3")" --ca "$WORK/cert.pem" \
+        --source-ips "$SOURCE_IPS" -c "$RATE_CONNS" -r "$RATE" --size "$MSG_SIZE" \
+        -d "$RATE_WARMUP" --warmup 1s
+}
+
 measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
-    local rep=$1 p=$2 t
-    for t in rate_ws rate_wss idle_ws idle_wss handshake; do
+    local rep=$1 p=$2 t tests=(rate_ws rate_wss idle_ws idle_wss handshake)
+    if [[ $rep == 1 ]] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+        tests+=(syscalls_ws syscalls_wss)
+    fi
+    for t in "${tests[@]}"; do
         start_proxy "$p"
         case $t in
         rate_ws) rate_run "$rep" "$p" ws ;;
         rate_wss) rate_run "$rep" "$p" wss ;;
+        syscalls_ws) syscalls_run "$rep" "$p" ws ;;
+        syscalls_wss) syscalls_run "$rep" "$p" wss ;;
         idle_ws) idle_run "$rep" "$p" ws ;;
         idle_wss) idle_run "$rep" "$p" wss ;;
         handshake) handshake_run "$rep" "$p" ;;

@@ -417,6 +417,9 @@ def write_report(a):
                 w(f"| {label} ({unit}) | {NAMES[c]} | " + " | ".join(fmt(v.get(r), d) for r in reps) + " |")
     w("")
 
+    w(cpu_breakdown(runs))
+    w(instruction_counts())
+
     # Generator health
     w("## Was the load generator the bottleneck?\n")
     w("For the rate runs: the generator's own CPU as a share of the elapsed time (its core also runs the three echo "
@@ -495,6 +498,55 @@ def write_report(a):
 
     with open(a.out, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
+
+
+def cpu_breakdown(runs):
+    """Per echoed message (client to backend and back through the proxy):
+    the proxy's user and system CPU from the rate runs, and its system calls
+    from the shorter syscalls_* runs (perf's raw_syscalls tracepoint), as
+    medians over repetitions."""
+    L = ["## Where the proxy's CPU goes, per echoed message\n",
+         "User and system CPU of the proxy process over the whole fixed-rate run (warm-up included, "
+         "so slightly above the measured-window figures), divided by the messages echoed; system calls "
+         "counted in a separate shorter run at the same rate (counting slows each call, so it never "
+         "shares a run with a CPU measurement). A message crosses the proxy twice, so the floor is "
+         "two reads and two writes plus the event loop's share of `epoll_wait`.\n",
+         "| proxy | transport | user µs/msg | system µs/msg | system share | system calls/msg |",
+         "|---|---|---|---|---|---|"]
+    rows = 0
+    for proxy in CANDIDATES:
+        for tr in ("ws", "wss"):
+            user, system, calls = [], [], []
+            for r in runs:
+                s, m = r.get("summary") or {}, r.get("machine") or {}
+                n = s.get("received") or 0
+                if r["proxy"] != proxy or not n:
+                    continue
+                if r["test"] == f"rate_{tr}" and m.get("proxy_sys_s") is not None:
+                    total, sys_s = m.get("proxy_s") or 0.0, m["proxy_sys_s"]
+                    user.append((total - sys_s) * 1e6 / n)
+                    system.append(sys_s * 1e6 / n)
+                if r["test"] == f"syscalls_{tr}" and m.get("syscalls") is not None:
+                    calls.append(m["syscalls"] / n)
+            if not (user or calls):
+                continue
+            rows += 1
+            u, sy = med(user), med(system)
+            share = sy / (u + sy) if u is not None and sy is not None and (u + sy) else None
+            L.append(f"| {NAMES[proxy]} | {tr} | {fmt(u)} | {fmt(sy)} | "
+                     f"{fmt(share * 100, 0) + '%' if share is not None else '—'} | {fmt(med(calls))} |")
+    if not rows:
+        return "## Where the proxy's CPU goes, per echoed message\n\nNot measured in this run (needs `perf`).\n"
+    return "\n".join(L) + "\n"
+
+
+def instruction_counts():
+    """bench/results/instructions.md (bench/callgrind.sh's table) when present."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results", "instructions.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return "## Instructions per handshake and per message (callgrind)\n\n" + f.read().strip() + "\n"
 
 
 def extrapolation(med_of, a):
