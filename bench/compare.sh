@@ -16,8 +16,8 @@
 #      or worker, a fresh process for every measurement;
 #   3. for each repetition, for each proxy (order rotated every repetition):
 #      fixed-rate echo over ws and wss, idle connections over ws and wss
-#      (RSS per connection, all verified after the hold), full-handshake
-#      churn over wss; per repetition also the direct (no proxy) baseline and
+#      (RSS per connection, all verified after the hold), handshake churn over ws and wss
+#      (full TLS handshakes); per repetition also the direct (no proxy) baseline and
 #      a wsgate drain of all connections over the drain window;
 #   4. reads each proxy's CPU time and RSS from /proc (wsgate-bench --pid),
 #      appends every summary to bench/results/compare-raw.jsonl and writes
@@ -55,12 +55,13 @@ RATE=20000
 RATE_CONNS=200
 MSG_SIZE=64
 if [[ $QUICK == 1 ]]; then
-    d_rate=4s d_warm=1s d_idle=1000 d_hold=3s d_hs=3s d_drain=1000 d_window=5
+    d_rate=4s d_warm=1s d_idle=1000 d_hold=3s d_hs=3s d_drain=1000 d_window=5 d_sys=3s
 else
-    d_rate=10s d_warm=2s d_idle=9000 d_hold=15s d_hs=8s d_drain=9000 d_window=30
+    d_rate=10s d_warm=2s d_idle=9000 d_hold=15s d_hs=8s d_drain=9000 d_window=30 d_sys=5s
 fi
 # Each can be set on its own too, e.g. QUICK=1 IDLE_CONNS=9000.
 RATE_DURATION=${RATE_DURATION:-$d_rate}
+SYSCALLS_DURATION=${SYSCALLS_DURATION:-$d_sys}
 RATE_WARMUP=${RATE_WARMUP:-$d_warm}
 IDLE_CONNS=${IDLE_CONNS:-$d_idle}
 IDLE_HOLD=${IDLE_HOLD:-$d_hold}
@@ -398,8 +399,8 @@ idle_run() { # REP PROXY ws|wss
         --source-ips "$SOURCE_IPS" -c "$IDLE_CONNS" --hold "$IDLE_HOLD" --verify
 }
 
-handshake_run() { # REP PROXY
-    bench "$1" "$2" handshake_wss 120 handshake --url "$(url "$2" wss)" --ca "$WORK/cert.pem" \
+handshake_run() { # REP PROXY ws|wss
+    bench "$1" "$2" "handshake_$3" 120 handshake --url "$(url "$2" "$3")" --ca "$WORK/cert.pem" \
         --source-ips "$SOURCE_IPS" --concurrency "$HS_CONCURRENCY" -d "$HS_DURATION" --size "$MSG_SIZE"
 }
 
@@ -453,11 +454,11 @@ drain_run() { # REP
 syscalls_run() { # REP PROXY ws|wss
     bench "$1" "$2" "syscalls_$3" 60 rate --url "$(url "$2" "$3")" --ca "$WORK/cert.pem" \
         --source-ips "$SOURCE_IPS" -c "$RATE_CONNS" -r "$RATE" --size "$MSG_SIZE" \
-        -d "$RATE_WARMUP" --warmup 1s
+        -d "$SYSCALLS_DURATION" --warmup 1s
 }
 
 measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
-    local rep=$1 p=$2 t tests=(rate_ws rate_wss idle_ws idle_wss handshake)
+    local rep=$1 p=$2 t tests=(rate_ws rate_wss idle_ws idle_wss handshake_wss handshake_ws)
     if [[ $rep == 1 ]] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
         tests+=(syscalls_ws syscalls_wss)
     fi
@@ -470,7 +471,8 @@ measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
         syscalls_wss) syscalls_run "$rep" "$p" wss ;;
         idle_ws) idle_run "$rep" "$p" ws ;;
         idle_wss) idle_run "$rep" "$p" wss ;;
-        handshake) handshake_run "$rep" "$p" ;;
+        handshake_wss) handshake_run "$rep" "$p" wss ;;
+        handshake_ws) handshake_run "$rep" "$p" ws ;;
         esac
         stop_proxy
         sleep 1 # let closing connections settle before the next process

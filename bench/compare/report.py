@@ -73,6 +73,8 @@ METRICS = {
     "rss_wss_ramp": ("idle_wss", scaled(get(["rss_bytes_per_conn"]), 1 / 1024), "RSS per connection, wss, right after the ramp", "KiB", 1),
     "hs_cpu": ("handshake_wss", scaled(get(["cpu_us_per_handshake"]), 1e-3), "Proxy CPU per full TLS handshake + upgrade + echo + close", "ms", 3),
     "hs_rate": ("handshake_wss", get(["handshakes_per_s"]), "Handshakes per second (4 at a time; load generator on one core)", "/s", 0),
+    "hs_ws_cpu": ("handshake_ws", scaled(get(["cpu_us_per_handshake"]), 1e-3), "Proxy CPU per plain ws handshake (TCP, upgrade, echo, close)", "ms", 3),
+    "hs_ws_rate": ("handshake_ws", get(["handshakes_per_s"]), "Plain ws handshakes per second (4 at a time)", "/s", 0),
 }
 
 # (id, title, metric or None, goal ratio, comparison)
@@ -84,6 +86,7 @@ TARGETS = [
     ("rss_ws", "RSS per idle connection, ws", "rss_ws", 0.5),
     ("rss_wss", "RSS per idle connection, wss", "rss_wss", 0.5),
     ("hs_cpu", "CPU per full TLS handshake (+ upgrade, echo, close)", "hs_cpu", 0.7),
+    ("hs_ws_cpu", "CPU per plain ws handshake (upgrade, echo, close)", "hs_ws_cpu", 0.8),
 ]
 
 
@@ -446,7 +449,7 @@ def write_report(a):
       "as a share of one core. Well above ~10%, the run shared its cores with something else and its latencies are suspect.\n")
     w("| run | " + " | ".join(NAMES[c] for c in cols) + " |")
     w("|---|" + "---|" * len(cols))
-    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "drain"]
+    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "handshake_ws", "syscalls_ws", "syscalls_wss", "drain"]
     for test in tests:
         row = []
         for c in cols:
