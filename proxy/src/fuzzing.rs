@@ -7,6 +7,8 @@
 //! - the frame tracker ([`FrameTracker`], plus Close encoding and parsing);
 //! - handshake validation ([`validate`] of a client's upgrade request,
 //!   [`check_backend_101`] of a backend's answer) and Host normalisation;
+//! - reading a backend's answer to an upgrade ([`parse_head`], and
+//!   [`dechunk`] for a refusal's chunked body);
 //! - sticky-key extraction ([`sticky_extract`]) and its sources
 //!   ([`KeySource::parse`]);
 //! - config parsing and validation from text ([`Config::from_source`]).
@@ -18,6 +20,7 @@ pub use crate::gateway::handshake::{
     accept_value, check_backend_101, header_has_token, is_upgrade_attempt, validate,
     BackendHandshakeError, HandshakeError,
 };
+pub use crate::gateway::upgrade::{dechunk, parse_head, HeadError, MAX_RELAYED_BODY};
 pub use crate::routing::route::normalize_host;
 pub use crate::routing::sticky::extract as sticky_extract;
 pub use crate::tunnel::frame::{

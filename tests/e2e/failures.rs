@@ -259,30 +259,57 @@ async fn a_101_that_does_not_answer_the_key_is_a_502() {
         ("wrong accept", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"),
         ("no upgrade header", "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
     ] {
-        // A backend that reads the request head and answers with `answer`.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s.write_all(answer.as_bytes()).await;
-                    let _ = s.read(&mut buf).await;
-                });
-            }
-        });
+        let addr = canned_backend(answer.to_string()).await.unwrap();
         let gate = Gate::start(&tls_config(&[("b1", addr, 1)], ""), 1).unwrap();
         let mut s = tls_stream(&gate).await.unwrap();
         let req = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n");
         let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
         assert_eq!(status_of(&resp), Some(502), "{name}: {resp}");
+    }
+}
+
+/// What the backend may say that the lean upgrade path must read as hyper
+/// did: many header lines, an interim 100 before the 101, and a refusal
+/// whose chunked body contradicts its Content-Length. The refusal must reach
+/// the client with the decoded body and a length that matches it, so the
+/// next response on the kept-alive connection is where the client expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusual_backend_answers_are_read_and_relayed_faithfully() {
+    let accept = "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+    let many: String = (0..60).map(|i| format!("x-h{i}: v{i}\r\n")).collect();
+    let upgrade = format!("GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}Sec-WebSocket-Version: 13\r\n\r\n");
+    for (name, answer) in [
+        ("60 headers", format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}{many}\r\n")),
+        ("100 first", format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}\r\n")),
+    ] {
+        let addr = canned_backend(answer).await.unwrap();
+        let gate = Gate::start(&tls_config(&[("b1", addr, 1)], ""), 1).unwrap();
+        let mut s = tls_stream(&gate).await.unwrap();
+        let resp = raw_request(&mut s, upgrade.as_bytes()).await.unwrap();
+        assert_eq!(status_of(&resp), Some(101), "{name}: {resp}");
+        if name == "60 headers" {
+            assert!(resp.contains("x-h59: v59"), "{resp}");
+        }
+    }
+
+    let smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno";
+    let body = format!("denied{smuggled}");
+    let refusal = format!(
+        "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let addr = canned_backend(refusal).await.unwrap();
+    let gate = Gate::start(&tls_config(&[("b1", addr, 1)], ""), 1).unwrap();
+    let mut s = tls_stream(&gate).await.unwrap();
+    for round in 0..2 {
+        let resp = raw_request(&mut s, upgrade.as_bytes()).await.unwrap();
+        assert_eq!(status_of(&resp), Some(403), "round {round}: {resp}");
+        let lower = resp.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("content-length: {}\r\n", body.len())),
+            "round {round}: the length must be the decoded body's: {resp}"
+        );
+        assert!(resp.ends_with(&body), "round {round}: {resp}");
+        assert!(!lower.contains("transfer-encoding"), "{resp}");
     }
 }

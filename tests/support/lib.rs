@@ -470,6 +470,32 @@ fn response_complete(bytes: &[u8]) -> bool {
     bytes.len() >= head_end + 4 + len
 }
 
+/// A backend that reads each request head and writes `answer`, then keeps
+/// the connection until the peer closes: for answers no real server sends.
+pub async fn canned_backend(answer: String) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// Status code of a raw HTTP response.
 pub fn status_of(response: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()

@@ -417,11 +417,14 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
             for note in &outcome.notes {
                 println!("note: {note}");
             }
-            if outcome.certificate_errors.is_empty() {
+            if outcome.certificate_errors.is_empty() && outcome.listener_errors.is_empty() {
                 return Ok(ExitCode::SUCCESS);
             }
             for e in &outcome.certificate_errors {
                 eprintln!("certificates rejected: {e}");
+            }
+            for e in &outcome.listener_errors {
+                eprintln!("listener not started: {e}");
             }
             Ok(ExitCode::FAILURE)
         }

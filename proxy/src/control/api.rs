@@ -68,6 +68,10 @@ pub struct ReloadOutcome {
     /// serving their previous ones.
     #[serde(default)]
     pub certificate_errors: Vec<String>,
+    /// Listeners the reload bound but could not start (out of descriptors,
+    /// say); the next reload tries again.
+    #[serde(default)]
+    pub listener_errors: Vec<String>,
 }
 
 /// `POST /v1/pools/{pool}/backends/{id}/drain`; both fields optional.

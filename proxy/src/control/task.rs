@@ -530,9 +530,11 @@ impl ControlTask {
         let changes = diff(&self.config, &new);
         // New sockets are bound before anything changes: a port in use
         // rejects the whole reload.
-        let listeners = changes
+        let listener_work = changes
             .iter()
             .any(|c| matches!(c, Change::ListenerChanged { .. }))
+            || self.listeners.missing(&new);
+        let listeners = listener_work
             .then(|| self.listeners.prepare(&new))
             .transpose();
         let listeners = match listeners {
@@ -544,8 +546,11 @@ impl ControlTask {
         };
         self.apply(Arc::new(new), &changes);
         let mut notes = restart_notes(&changes);
+        let mut listener_errors = Vec::new();
         if let Some(plan) = listeners {
-            notes.extend(self.change_listeners(plan));
+            let (listener_notes, failed) = self.change_listeners(plan);
+            notes.extend(listener_notes);
+            listener_errors = failed;
         }
         // Every reload loads the certificates again, whether or not the
         // config names other files: rotation replaces them in place.
@@ -564,6 +569,7 @@ impl ControlTask {
             }),
             notes,
             certificate_errors,
+            listener_errors,
         };
         self.last_reload = Some(outcome.clone());
         self.reloads_ok += 1;
@@ -582,14 +588,15 @@ impl ControlTask {
             removed: vec![],
             notes: vec![],
             certificate_errors: vec![],
+            listener_errors: vec![],
         });
     }
 
     /// Starts and stops the listeners `plan` says, once the snapshot that
     /// names the new ones is out; the removed listeners' tunnels close
     /// with 1001 over the shutdown window, as they would on a shutdown.
-    /// Returns a note per listener.
-    fn change_listeners(&mut self, plan: Plan) -> Vec<String> {
+    /// Returns a note per listener, and the ones that failed to start.
+    fn change_listeners(&mut self, plan: Plan) -> (Vec<String>, Vec<String>) {
         let done = self.listeners.commit(plan);
         let mut notes = Vec::new();
         for (name, id) in &done.stopped {
@@ -604,7 +611,7 @@ impl ControlTask {
             notes.push(format!("listener `{}` started on {}", s.name, s.url));
         }
         if done.stopped.is_empty() {
-            return notes;
+            return (notes, done.failed);
         }
         // Published before the tunnels are listed: one that registers after
         // the listing sees its listener closed and closes on arrival.
@@ -642,7 +649,7 @@ impl ControlTask {
         );
         self.other_jobs.retain(|j| j.pending() > 0);
         self.other_jobs.push(job);
-        notes
+        (notes, done.failed)
     }
 
     /// Closes every connection with 1001, spread over the shutdown window.

@@ -94,16 +94,6 @@ pub(super) async fn accept_loop(
     tracing::info!(listener = %listening.config.name, "stopped accepting");
 }
 
-/// Keepalive on accepted sockets, so a client that vanished without a FIN
-/// (a phone that lost its network) is found in about two minutes rather
-/// than at the idle timeout.
-fn client_keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(15))
-        .with_retries(4)
-}
-
 impl Listening {
     async fn connection(
         self: Arc<Self>,
@@ -111,9 +101,8 @@ impl Listening {
         peer: SocketAddr,
         closing: watch::Receiver<bool>,
     ) {
-        // Small WebSocket messages must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&client_keepalive());
+        // TCP_NODELAY and keepalive come from the listening socket
+        // (`listeners::set_client_options`).
         let routing = self.gateway.routing();
         // The snapshot is held only until the client's address is known (a
         // bounded PROXY header read at most), not for the connection's life.
@@ -263,22 +252,33 @@ impl Http1 {
                 // nothing it did. So first let the first request arrive and
                 // the one in flight be answered; hyper's header timer bounds
                 // the wait for a head, the gateway's timeouts the answer.
-                let answered = std::future::poll_fn(|cx| {
-                    let polled = conn.as_mut().poll(cx);
-                    let idle = info.request_seen.load(Relaxed) && !info.in_flight.load(Relaxed);
-                    if polled.is_ready() || idle {
-                        std::task::Poll::Ready(polled.is_ready())
-                    } else {
-                        std::task::Poll::Pending
+                let finish = async {
+                    let answered = std::future::poll_fn(|cx| {
+                        let polled = conn.as_mut().poll(cx);
+                        let idle =
+                            info.request_seen.load(Relaxed) && !info.in_flight.load(Relaxed);
+                        if polled.is_ready() || idle {
+                            std::task::Poll::Ready(polled.is_ready())
+                        } else {
+                            std::task::Poll::Pending
+                        }
+                    });
+                    if answered.await {
+                        return;
                     }
-                });
-                if answered.await {
-                    return;
+                    // Then close; an upgraded tunnel has been handed off and
+                    // closes itself (with 1001, from the control plane).
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
+                };
+                // The write timeout still holds: a client that stops reading
+                // must not keep a closing listener's connection forever.
+                tokio::select! {
+                    () = finish => {}
+                    () = unread_response(&info, self.write_timeout) => {
+                        tracing::debug!("client stopped reading while closing; closed");
+                    }
                 }
-                // Then close; an upgraded tunnel has been handed off and
-                // closes itself (with 1001, from the control plane).
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
             }
         }
     }

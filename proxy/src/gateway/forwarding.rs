@@ -155,6 +155,7 @@ pub fn backend_headers(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
+    let mut kept_proto = false;
     for (name, value) in headers {
         let dropped = HOP_BY_HOP.contains(name)
             || named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
@@ -163,6 +164,7 @@ pub fn backend_headers(
             || *name == X_FORWARDED_FOR
             || *name == header::FORWARDED;
         if !dropped {
+            kept_proto |= *name == X_FORWARDED_PROTO;
             sink.header(name, value.as_bytes());
         }
     }
@@ -170,16 +172,22 @@ pub fn backend_headers(
         sink.header(&header::CONNECTION, b"Upgrade");
         sink.header(&header::UPGRADE, b"websocket");
     }
-    add_forwarding(headers, hop, sink);
+    add_forwarding(headers, hop, kept_proto, sink);
 }
 
-fn add_forwarding(headers: &HeaderMap, hop: &Hop<'_>, sink: &mut impl HeaderSink) {
+/// `kept_proto`: a trusted peer's X-Forwarded-Proto went through above.
+fn add_forwarding(
+    headers: &HeaderMap,
+    hop: &Hop<'_>,
+    kept_proto: bool,
+    sink: &mut impl HeaderSink,
+) {
     use std::fmt::Write;
     let ip = hop.client.to_canonical();
     let proto = if hop.tls { "https" } else { "http" };
     // A trusted proxy that terminated TLS knows the scheme the client used
     // (its header was kept above).
-    if !(hop.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !kept_proto {
         sink.header(&X_FORWARDED_PROTO, proto.as_bytes());
     }
     // The address is formatted once, for both headers.

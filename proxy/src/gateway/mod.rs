@@ -32,7 +32,7 @@ use tracing::Instrument;
 mod forwarding;
 pub(crate) mod handshake;
 mod response;
-mod upgrade;
+pub(crate) mod upgrade;
 pub(crate) mod upstream;
 
 pub use response::ResponseProgress;
@@ -271,7 +271,10 @@ impl Gateway {
                 normalized.as_deref(),
                 proxy_header.unwrap_or_default(),
             );
-            let max_head = config.limits.max_header_bytes;
+            let max_head = config
+                .limits
+                .max_header_bytes
+                .max(upgrade::MIN_BACKEND_HEAD);
             upgrade::upgrade(&backend.address, &wire, timeouts, max_head)
                 .instrument(span.clone())
                 .await
@@ -344,11 +347,15 @@ impl Gateway {
                 Ok((Response::from_parts(parts, empty()), Some(upgrade)))
             }
             Answered::Upgrade(upgrade::Answer::Other(resp), _, _) => {
-                // Relayed whole (`upgrade::MAX_RELAYED_BODY`).
+                // Relayed whole (`upgrade::MAX_RELAYED_BODY`), its length
+                // hyper's to write: the body was decoded, so the backend's
+                // Content-Length (which may contradict a chunked body) goes.
                 let (mut parts, body) = resp.into_parts();
                 forwarding::strip_hop_by_hop(&mut parts.headers);
-                let body = Full::new(body).map_err(|never| match never {}).boxed();
-                Ok((Response::from_parts(parts, body), None))
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let body = response::WatchedBody::new(Full::new(body), client.clone())
+                    .map_err(|never| match never {});
+                Ok((Response::from_parts(parts, body.boxed()), None))
             }
             Answered::Plain(resp) => {
                 let (mut parts, body) = resp.into_parts();

@@ -47,14 +47,15 @@ impl ResponseProgress {
     }
 }
 
-/// A response body that reports into its connection's [`ResponseProgress`].
-pub struct WatchedBody {
-    inner: Incoming,
+/// A response body that reports into its connection's [`ResponseProgress`]:
+/// a backend's streamed body, or a refusal relayed whole.
+pub struct WatchedBody<B = Incoming> {
+    inner: B,
     client: Arc<ClientInfo>,
 }
 
-impl WatchedBody {
-    pub fn new(inner: Incoming, client: Arc<ClientInfo>) -> Self {
+impl<B> WatchedBody<B> {
+    pub fn new(inner: B, client: Arc<ClientInfo>) -> Self {
         let p = &client.response;
         p.waiting_on_backend.store(false, Relaxed);
         p.progress.fetch_add(1, Relaxed);
@@ -64,15 +65,15 @@ impl WatchedBody {
     }
 }
 
-impl Drop for WatchedBody {
+impl<B> Drop for WatchedBody<B> {
     fn drop(&mut self) {
         self.client.response.in_flight.store(false, Relaxed);
     }
 }
 
-impl Body for WatchedBody {
+impl<B: Body<Data = bytes::Bytes> + Unpin> Body for WatchedBody<B> {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

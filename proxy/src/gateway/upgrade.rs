@@ -29,9 +29,14 @@ use super::upstream::{connect, UpstreamError, UpstreamTimeouts};
 /// would need a timer of its own.
 pub const MAX_RELAYED_BODY: usize = 64 * 1024;
 
-/// At most this many header lines in the backend's response head. A 101
-/// has a handful; the array is initialised on every parse, so not more.
-const MAX_HEADERS: usize = 48;
+/// At most this many header lines in the backend's response head, as
+/// hyper's client allowed.
+const MAX_HEADERS: usize = 100;
+
+/// The backend's response head may be this long whatever the clients'
+/// `limits.max_header_bytes` (tightened against slow clients) says: a
+/// backend's long Set-Cookie or CSP header is not an attack.
+pub const MIN_BACKEND_HEAD: usize = 64 * 1024;
 
 /// How the backend answered the upgrade.
 pub enum Answer {
@@ -53,6 +58,8 @@ pub enum HeadError {
     Invalid(&'static str),
     #[error("response head over {0} bytes")]
     TooLarge(usize),
+    #[error("more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
     #[error("invalid chunked body")]
     Chunked,
 }
@@ -157,7 +164,7 @@ pub fn parse_head(buf: &[u8], max_head: usize) -> Result<Option<(Response<()>, u
             return Err(HeadError::TooLarge(max_head))
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Invalid("too many headers")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Invalid("malformed")),
     };
     if used > max_head {
@@ -220,7 +227,7 @@ fn framing(headers: &HeaderMap, status: StatusCode) -> Result<Framing, HeadError
 
 /// Decodes a complete chunked body at the start of `buf` (trailers are
 /// dropped): the body, or None if more bytes are needed.
-fn dechunk(buf: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
+pub fn dechunk(buf: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
     let mut body = Vec::new();
     let mut at = 0;
     loop {
@@ -237,19 +244,21 @@ fn dechunk(buf: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
             let ended = rest.starts_with(b"\r\n") || rest.windows(4).any(|w| w == b"\r\n\r\n");
             return Ok(ended.then_some(body));
         }
-        if body.len() + size > MAX_RELAYED_BODY {
+        if size > MAX_RELAYED_BODY - body.len() {
             return Err(HeadError::TooLarge(MAX_RELAYED_BODY));
         }
-        let Some(chunk) = buf.get(at..at + size) else {
+        // Bounded by MAX_RELAYED_BODY above, so these cannot overflow.
+        let end = at + size;
+        let Some(chunk) = buf.get(at..end) else {
             return Ok(None);
         };
-        match buf.get(at + size..at + size + 2) {
+        match buf.get(end..end + 2) {
             None => return Ok(None),
             Some(b"\r\n") => {}
             Some(_) => return Err(HeadError::Chunked),
         }
         body.extend_from_slice(chunk);
-        at += size + 2;
+        at = end + 2;
     }
 }
 
@@ -324,9 +333,18 @@ mod tests {
             parse_head(long.as_bytes(), 64),
             Err(HeadError::TooLarge(64))
         ));
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
-        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
-        assert!(parse_head(many.as_bytes(), 1 << 20).is_err());
+        let lines = |n: usize| -> String {
+            let h: String = (0..n).map(|i| format!("h{i}: v\r\n")).collect();
+            format!("HTTP/1.1 101 Switching Protocols\r\n{h}\r\n")
+        };
+        assert!(matches!(
+            parse_head(lines(60).as_bytes(), 1 << 20),
+            Ok(Some(_))
+        ));
+        assert!(matches!(
+            parse_head(lines(MAX_HEADERS + 1).as_bytes(), 1 << 20),
+            Err(HeadError::TooManyHeaders)
+        ));
     }
 
     #[test]

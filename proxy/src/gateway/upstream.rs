@@ -110,8 +110,12 @@ impl UpstreamError {
             | UpstreamError::ResponseTimeout { .. }
             | UpstreamError::Http { .. }
             | UpstreamError::Io { .. }
-            | UpstreamError::BadResponse { .. }
             | UpstreamError::UploadStalled { .. } => true,
+            // A head beyond what wsgate reads may still be valid HTTP.
+            UpstreamError::BadResponse { reason, .. } => !matches!(
+                reason,
+                super::upgrade::HeadError::TooLarge(_) | super::upgrade::HeadError::TooManyHeaders
+            ),
             // A valid answer, only too big for wsgate to relay.
             UpstreamError::RelayTooLarge { .. }
             | UpstreamError::LocalResources { .. }

@@ -198,8 +198,11 @@ impl Snapshot {
         key_hash: u64,
         listener: u32,
     ) -> Option<CloseCause> {
-        if self.shutting_down || self.closed_listeners.contains(&listener) {
+        if self.shutting_down {
             return Some(CloseCause::Shutdown);
+        }
+        if self.closed_listeners.contains(&listener) {
+            return Some(CloseCause::ListenerRemoved);
         }
         let pool_index = self.config.pool_index(&key.pool)?;
         let pool = &self.config.pools[pool_index];

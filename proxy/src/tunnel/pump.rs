@@ -114,6 +114,9 @@ struct Shared<'a> {
     close_sent_at: AtomicU64,
     /// Each pump (by [`Dir`]) is finishing a frame before it can send Close.
     awaiting_boundary: [AtomicBool; 2],
+    /// Each pump (by [`Dir`]) has shut its destination's write side down
+    /// (a half-close passed on); the end of the tunnel need not again.
+    shut: [AtomicBool; 2],
     discarded: AtomicU64,
     sent: [AtomicU64; 2],
 }
@@ -129,6 +132,7 @@ impl<'a> Shared<'a> {
             changes: AtomicU32::new(0),
             close_sent_at: AtomicU64::new(0),
             awaiting_boundary: [AtomicBool::new(false), AtomicBool::new(false)],
+            shut: [AtomicBool::new(false), AtomicBool::new(false)],
             discarded: AtomicU64::new(0),
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
         }
@@ -374,8 +378,14 @@ where
         // effort and bounded, since a peer that stopped reading can stall a
         // TLS close_notify forever.
         let bound = Duration::from_millis(500).min(cfg.close_timeout);
-        let _ = tokio::time::timeout(bound, client.write.shutdown()).await;
-        let _ = tokio::time::timeout(bound, backend.write.shutdown()).await;
+        // A side already shut down by its pump is skipped: a second
+        // shutdown is a wasted system call (ENOTCONN once the peer closed).
+        if !shared.shut[Dir::ToClient as usize].load(Relaxed) {
+            let _ = tokio::time::timeout(bound, client.write.shutdown()).await;
+        }
+        if !shared.shut[Dir::ToBackend as usize].load(Relaxed) {
+            let _ = tokio::time::timeout(bound, backend.write.shutdown()).await;
+        }
 
         // Built only now: a report declared before the await would take a
         // slot in every idle tunnel's state.
@@ -777,6 +787,7 @@ impl<'a> Pump<'a> {
             // half-close on so the other side sees end of stream.
             if self.source_closed && matches!(mode, Mode::Forward | Mode::Passing) {
                 let _ = dst.shutdown().await;
+                self.shared.shut[self.dir as usize].store(true, Relaxed);
             }
             return;
         }
