@@ -89,6 +89,11 @@ async fn discovery_status(c: &Harness) -> api::DiscoveryStatus {
     status.pools[0].discovery.clone().unwrap()
 }
 
+/// Whether the latest resolution failed with an error saying `text`.
+fn failing_with(status: &api::DiscoveryStatus, text: &str) -> bool {
+    status.error.as_deref().is_some_and(|e| e.contains(text))
+}
+
 #[tokio::test(start_paused = true)]
 async fn answers_add_and_drain_backends_like_a_reload() {
     let dns = FakeDns::default();
@@ -162,25 +167,13 @@ async fn failures_and_empty_answers_keep_the_pool_and_show_in_status() {
     assert_eq!(ids(&c), before, "a failing DNS never empties the pool");
     let failing = discovery_status(&c).await;
     assert_eq!(failing.consecutive_failures, 2);
-    assert!(
-        failing
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("connection refused")),
-        "{failing:?}"
-    );
+    assert!(failing_with(&failing, "connection refused"), "{failing:?}");
 
     dns.set_a("chat.test", &[]);
     next_round().await;
     assert_eq!(ids(&c), before, "nor does an empty answer");
     let empty = discovery_status(&c).await;
-    assert!(
-        empty
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("no usable")),
-        "{empty:?}"
-    );
+    assert!(failing_with(&empty, "no usable"), "{empty:?}");
     assert_eq!(empty.failures_total, 3);
 
     dns.set_a("chat.test", &["10.0.0.1", "10.0.0.2"]);
