@@ -4,7 +4,7 @@
 # anything already present is left alone.
 #   scripts/setup.sh          build dependencies only (cmake for pingora, make for jemalloc)
 #   scripts/setup.sh --demo   plus redis-server (so the demo's backends share rooms)
-#   scripts/setup.sh --test   plus redis-server, chromium, haproxy, Python and Node test deps
+#   scripts/setup.sh --test   plus redis-server, chromium, haproxy, dnsmasq, Python and Node test deps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,9 @@ if [ "$want_test" = 1 ]; then
   command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
   # A real PROXY protocol sender in front of wsgate (tests/e2e/proxyproto.rs).
   command -v haproxy >/dev/null || missing+=(haproxy)
+  # A real DNS server for pools from DNS (tests/e2e/discovery.rs): the
+  # binary alone, without the system service the `dnsmasq` package starts.
+  command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   # prlimit, for the descriptor-exhaustion tests.
   command -v prlimit >/dev/null || missing+=(util-linux)
 fi

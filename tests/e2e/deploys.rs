@@ -16,17 +16,17 @@ const ADMIN: &str = "admin: { address: \"127.0.0.1:0\", token_file: admin.token 
 
 /// What happened to one client while it watched its connection.
 #[derive(Debug, Clone)]
-struct Seen {
-    user: String,
-    backend: String,
+pub(crate) struct Seen {
+    pub user: String,
+    pub backend: String,
     /// Close code and when it arrived.
-    close: Option<(u16, Instant)>,
-    error: Option<String>,
+    pub close: Option<(u16, Instant)>,
+    pub error: Option<String>,
     other_messages: usize,
 }
 
 /// Connects `n` users (user-0..) and returns them with their backend.
-async fn connect_many(gate: &Gate, n: usize, prefix: &str) -> Vec<(String, String, Ws)> {
+pub(crate) async fn connect_many(gate: &Gate, n: usize, prefix: &str) -> Vec<(String, String, Ws)> {
     stream::iter(0..n)
         .map(|i| async move {
             let user = format!("{prefix}{i}");
@@ -77,7 +77,7 @@ fn cluster(ids: &[&str], extra: &str) -> (Vec<Backend>, Gate) {
 }
 
 /// Watches every client until `until` (see `watch`).
-fn watch_all(
+pub(crate) fn watch_all(
     clients: Vec<(String, String, Ws)>,
     until: Instant,
 ) -> Vec<tokio::task::JoinHandle<(Seen, Option<Ws>)>> {

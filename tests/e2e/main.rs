@@ -8,6 +8,7 @@ mod cli;
 mod closes;
 mod data;
 mod deploys;
+mod discovery;
 mod edges;
 mod failures;
 mod heartbeat;

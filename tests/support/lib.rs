@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+pub mod dns;
 pub mod peers;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

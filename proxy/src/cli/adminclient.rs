@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::control::api::{ErrorReply, Status};
+use crate::control::api::{DiscoveryStatus, ErrorReply, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -266,6 +266,15 @@ pub fn status_table(status: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for p in &status.pools {
+        if let Some(d) = &p.discovery {
+            out.push_str(&discovery_line(&p.name, d, now));
+            out.push('\n');
+        }
+    }
     if let Some(reload) = &status.reload {
         if !reload.ok {
             out.push_str(&format!(
@@ -297,9 +306,59 @@ pub fn status_table(status: &Status) -> String {
     out
 }
 
+/// `discovery chat (a chat.ns.svc): 3 backends, last answer 2s ago, 0 failures`,
+/// or what is failing and that the pool keeps its backends.
+pub fn discovery_line(pool: &str, d: &DiscoveryStatus, now_unix: u64) -> String {
+    let head = format!("discovery {pool} ({} {})", d.kind, d.dns);
+    let last = d.last_success_unix.map_or("never".to_string(), |t| {
+        format!("{}s ago", now_unix.saturating_sub(t))
+    });
+    match &d.error {
+        None if d.last_success_unix.is_some() => format!(
+            "{head}: {} backends, last answer {last}, {} failures in all",
+            d.backends, d.failures_total
+        ),
+        None => format!("{head}: no answer yet"),
+        Some(e) => format!(
+            "{head}: FAILING ({} in a row, {} in all; last answer {last}), keeping the last good {} backends: {e}",
+            d.consecutive_failures, d.failures_total, d.backends
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discovery_line_says_whether_dns_works() {
+        let mut d = DiscoveryStatus {
+            dns: "chat.test".into(),
+            kind: "a".into(),
+            backends: 3,
+            last_success_unix: Some(100),
+            error: None,
+            failures_total: 1,
+            consecutive_failures: 0,
+        };
+        assert_eq!(
+            discovery_line("chat", &d, 102),
+            "discovery chat (a chat.test): 3 backends, last answer 2s ago, 1 failures in all"
+        );
+        d.error = Some("DNS lookup of `chat.test` failed: request timed out".into());
+        d.consecutive_failures = 2;
+        d.failures_total = 3;
+        assert_eq!(
+            discovery_line("chat", &d, 110),
+            "discovery chat (a chat.test): FAILING (2 in a row, 3 in all; last answer 10s ago), keeping the last good 3 backends: DNS lookup of `chat.test` failed: request timed out"
+        );
+        d.last_success_unix = None;
+        d.error = None;
+        assert_eq!(
+            discovery_line("chat", &d, 110),
+            "discovery chat (a chat.test): no answer yet"
+        );
+    }
 
     #[test]
     fn progress_bar_fills() {

@@ -20,6 +20,20 @@ pub const HEALTH_FALL: u32 = 3;
 /// `pools.*.health_check.rise`: consecutive successes that bring it back.
 pub const HEALTH_RISE: u32 = 2;
 
+/// `pools.*.discovery.interval`: re-resolution period when an answer has
+/// no TTL (no records), and the retry period after a failed resolution.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+/// `pools.*.discovery.min_interval`: a record TTL below this (dnsmasq and
+/// many local servers answer with TTL 0) re-resolves this often instead.
+pub const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// `pools.*.discovery.max_interval`: however long the TTL, re-resolve at
+/// least this often, so a new pod is picked up within it.
+pub const DISCOVERY_MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// `pools.*.discovery.weight`: every discovered backend's weight.
+pub const DISCOVERY_WEIGHT: u32 = 1;
+/// The port of a `pools.*.discovery.nameservers` entry given without one.
+pub const DNS_PORT: u16 = 53;
+
 /// `routes[].heartbeat.interval`: client silence before wsgate's Ping.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// `routes[].heartbeat.timeout`: silence after the Ping before the client

@@ -114,7 +114,12 @@ fn default_prefix() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilePool {
+    /// May be empty (or absent) only when `discovery` is set.
+    #[serde(default)]
     pub backends: Vec<FileBackend>,
+    /// Backends from DNS, on top of the static ones.
+    #[serde(default)]
+    pub discovery: Option<FileDiscovery>,
     #[serde(default)]
     pub health_check: Option<FileHealthCheck>,
     #[serde(default)]
@@ -127,6 +132,31 @@ pub struct FilePool {
     /// `v2`: start each backend connection with a PROXY protocol header.
     #[serde(default)]
     pub send_proxy_protocol: Option<String>,
+}
+
+/// `pools.NAME.discovery`: backends from the answers of a DNS name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// The name to resolve.
+    pub dns: String,
+    /// `a` (A and AAAA records, the default) or `srv`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// The backends' port, for `type: a` (SRV records carry their own).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Re-resolution period when the answer has no TTL, and after a failure.
+    pub interval: Option<String>,
+    /// Bounds on the re-resolution period the records' TTL sets.
+    pub min_interval: Option<String>,
+    pub max_interval: Option<String>,
+    /// `IP:port` (or `IP`, port 53) of the servers to ask; absent means
+    /// the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Option<Vec<String>>,
+    /// Weight of every discovered backend.
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

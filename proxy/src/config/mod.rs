@@ -8,6 +8,7 @@
 //! to read the file; [`Config::from_source`] is pure.
 
 pub mod defaults;
+mod discovery;
 mod file;
 mod hostmatch;
 mod keysource;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use discovery::{valid_dns_name, Discovery, RecordKind};
 pub use hostmatch::HostMatch;
 pub use keysource::KeySource;
 
@@ -150,7 +152,12 @@ pub enum OnMissingKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
+    /// The static backends, then (in the control task's config) the
+    /// discovered ones.
     pub backends: Vec<Backend>,
+    /// Backends from DNS, resolved by the control plane; a pool with
+    /// discovery may list no static backend.
+    pub discovery: Option<Discovery>,
     pub health_check: Option<HealthCheck>,
     pub drain: Drain,
     pub rebalance: Rebalance,
@@ -647,10 +654,15 @@ impl Validator<'_> {
         for (name, mut p) in pools {
             let path = format!("pools.{name}");
             let (health_check, drain, rebalance) = self.pool_policies(&path, &mut p);
-            if p.backends.is_empty() {
+            let has_discovery = p.discovery.is_some();
+            let discovery = p
+                .discovery
+                .take()
+                .and_then(|d| self.discovery(&format!("{path}.discovery"), d));
+            if p.backends.is_empty() && !has_discovery {
                 self.problem(
                     &format!("{path}.backends"),
-                    "a pool needs at least one backend",
+                    "a pool needs at least one backend, or `discovery` to find them in DNS",
                 );
             }
             let mut ids = HashSet::new();
@@ -688,7 +700,7 @@ impl Validator<'_> {
                     max_connections: b.max_connections,
                 });
             }
-            if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+            if !backends.is_empty() && !has_discovery && backends.iter().all(|b| b.weight == 0) {
                 self.problem(
                     &format!("{path}.backends"),
                     "every backend has weight 0, so no user can be served",
@@ -714,6 +726,7 @@ impl Validator<'_> {
             out.push(Pool {
                 name,
                 backends,
+                discovery,
                 health_check,
                 drain,
                 rebalance,

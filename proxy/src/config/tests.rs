@@ -212,3 +212,135 @@ fn a_file_that_is_one_long_string_is_not_printed_back() {
     );
     assert_eq!(elide_long_values(r#"a "b\"c" d"#), r#"a "b\"c" d"#);
 }
+
+#[test]
+fn a_pool_may_come_from_dns_alone_with_the_documented_defaults() {
+    let src = r#"
+listeners: [{name: a, address: "127.0.0.1:1"}]
+routes: [{pool: p}, {pool: s}]
+pools:
+  p:
+    discovery: { dns: chat.ns.svc.cluster.local, port: 9001 }
+  s:
+    backends: [{ id: static, address: "h:1" }]
+    discovery:
+      dns: _ws._tcp.chat.ns.svc.cluster.local.
+      type: srv
+      interval: 200ms
+      min_interval: 100ms
+      max_interval: 1s
+      nameservers: ["127.0.0.1:5353", "::1"]
+      weight: 2
+"#;
+    let c = parse(src).unwrap();
+    let p = c.pool("p").unwrap();
+    assert!(p.backends.is_empty());
+    assert_eq!(
+        p.discovery,
+        Some(Discovery {
+            name: "chat.ns.svc.cluster.local".into(),
+            kind: RecordKind::A { port: 9001 },
+            interval: defaults::DISCOVERY_INTERVAL,
+            min_interval: defaults::DISCOVERY_MIN_INTERVAL,
+            max_interval: defaults::DISCOVERY_MAX_INTERVAL,
+            nameservers: vec![],
+            weight: defaults::DISCOVERY_WEIGHT,
+        })
+    );
+    let s = c.pool("s").unwrap();
+    assert_eq!(s.backends.len(), 1, "static and discovered backends mix");
+    let d = s.discovery.as_ref().unwrap();
+    assert_eq!(d.kind, RecordKind::Srv);
+    assert_eq!(
+        (d.interval, d.min_interval, d.max_interval, d.weight),
+        (
+            Duration::from_millis(200),
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            2
+        )
+    );
+    assert_eq!(
+        d.nameservers,
+        [
+            "127.0.0.1:5353".parse::<SocketAddr>().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn discovery_mistakes_are_reported_where_they_are() {
+    let src = r#"
+listeners: [{name: a, address: "127.0.0.1:1"}]
+routes: [{pool: a}]
+pools:
+  a:
+    discovery: { dns: "chat..svc", port: 9001 }
+  b:
+    discovery: { dns: chat.svc }
+  c:
+    discovery: { dns: chat.svc, type: srv, port: 1 }
+  d:
+    discovery: { dns: chat.svc, type: aaaa, port: 1 }
+  e:
+    discovery:
+      dns: chat.svc
+      port: 1
+      min_interval: 10s
+      max_interval: 1s
+      nameservers: ["127.0.0.1:53", "dns.example:53"]
+      weight: 0
+  f:
+    backends: []
+"#;
+    let p = problems(src);
+    let paths: Vec<&str> = p.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "pools.a.discovery.dns",
+            "pools.b.discovery.port",
+            "pools.c.discovery.port",
+            "pools.d.discovery.type",
+            "pools.e.discovery.max_interval",
+            "pools.e.discovery.nameservers[1]",
+            "pools.e.discovery.weight",
+            "pools.f.backends",
+        ]
+    );
+    let line_of = |needle: &str| src.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (problem, needle) in p.iter().zip([
+        "chat..svc",
+        "{ dns: chat.svc }",
+        "type: srv",
+        "aaaa",
+        "max_interval: 1s",
+        "nameservers",
+        "weight: 0",
+        "backends: []",
+    ]) {
+        assert!(
+            problem
+                .location
+                .starts_with(&format!("test.yaml:{}:", line_of(needle))),
+            "{problem:?} is not on the line of {needle}"
+        );
+    }
+    assert!(p[7].message.contains("or `discovery`"), "{p:?}");
+}
+
+#[test]
+fn dns_names() {
+    for good in [
+        "chat",
+        "chat.ns.svc.cluster.local.",
+        "_ws._tcp.chat.ns.svc.cluster.local",
+    ] {
+        assert!(valid_dns_name(good), "{good}");
+    }
+    let long_label = "a".repeat(64);
+    for bad in ["", ".", "a..b", "a b", "a/b", long_label.as_str()] {
+        assert!(!valid_dns_name(bad), "{bad:?}");
+    }
+}

@@ -38,6 +38,30 @@ pub struct PoolStatus {
     /// `keep` or `migrate`.
     pub rebalance: String,
     pub backends: Vec<BackendStatus>,
+    /// For a pool with `discovery`: how resolving its name goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// A pool's DNS discovery in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// The name resolved.
+    pub dns: String,
+    /// `a` or `srv`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Backends of the pool that came from the last good answer.
+    pub backends: usize,
+    /// When a resolution last succeeded (None: never yet).
+    pub last_success_unix: Option<u64>,
+    /// Why the latest resolution failed; None while resolution works. The
+    /// pool keeps its last good backends meanwhile.
+    pub error: Option<String>,
+    /// Failed resolutions since wsgate started.
+    pub failures_total: u64,
+    /// Failed resolutions in a row, now.
+    pub consecutive_failures: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

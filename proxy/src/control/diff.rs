@@ -25,6 +25,10 @@ pub(crate) enum Change {
     /// The pool's health check was added, removed or changed: its checkers
     /// restart.
     HealthCheckChanged { pool: String },
+    /// The pool's `discovery` was added, removed or changed (or the pool
+    /// came or went with one): its resolver restarts, or stops. The
+    /// backends found so far stay until the new resolver answers.
+    DiscoveryChanged { pool: String },
     /// A listener was added, removed or changed (address or TLS): it
     /// stops, starts, or both (`edge::listeners`).
     ListenerChanged { name: String },
@@ -91,11 +95,15 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
     let mut changed = Vec::new();
     let mut added = Vec::new();
     let mut health = Vec::new();
+    let mut discovery = Vec::new();
     for pool in &old.pools {
         for b in &pool.backends {
             if new.backend(&pool.name, &b.id).is_none() {
                 removed.push(Change::BackendRemoved(BackendKey::new(&pool.name, &b.id)));
             }
+        }
+        if pool.discovery.is_some() && new.pool(&pool.name).is_none() {
+            discovery.push(pool.name.clone());
         }
     }
     for pool in &new.pools {
@@ -104,6 +112,9 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
             health.push(Change::HealthCheckChanged {
                 pool: pool.name.clone(),
             });
+        }
+        if old_pool.and_then(|o| o.discovery.as_ref()) != pool.discovery.as_ref() {
+            discovery.push(pool.name.clone());
         }
         for b in &pool.backends {
             let key = BackendKey::new(&pool.name, &b.id);
@@ -150,11 +161,17 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
     for list in [&mut removed, &mut changed, &mut added] {
         list.sort_by(|a, b| a.backend().cmp(&b.backend()));
     }
+    discovery.sort();
     removed
         .into_iter()
         .chain(changed)
         .chain(added)
         .chain(health)
+        .chain(
+            discovery
+                .into_iter()
+                .map(|pool| Change::DiscoveryChanged { pool }),
+        )
         .chain(
             listeners
                 .into_iter()
@@ -172,6 +189,7 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Backend;
     use std::path::Path;
 
     fn config(pools: &str, extra: &str) -> Config {
@@ -303,6 +321,103 @@ mod tests {
         assert_eq!(
             diff(&listener(""), &with("a.pem")),
             [Change::ListenerChanged { name: "a".into() }]
+        );
+    }
+
+    #[test]
+    fn a_discovery_change_restarts_the_resolver_and_its_answers_are_backend_changes() {
+        let dns = |name: &str| {
+            config(
+                &format!("chat: {{backends: [{{id: b1, address: \"h:1\"}}], discovery: {{dns: {name}, port: 9}}}}"),
+                "",
+            )
+        };
+        let (a, b) = (dns("a.test"), dns("b.test"));
+        assert_eq!(diff(&a, &a.clone()), []);
+        assert_eq!(
+            diff(&a, &b),
+            [Change::DiscoveryChanged {
+                pool: "chat".into()
+            }]
+        );
+        let plain = config("chat: {backends: [{id: b1, address: \"h:1\"}]}", "");
+        assert_eq!(
+            diff(&plain, &a),
+            [Change::DiscoveryChanged {
+                pool: "chat".into()
+            }]
+        );
+        assert_eq!(
+            diff(&a, &plain),
+            [Change::DiscoveryChanged {
+                pool: "chat".into()
+            }]
+        );
+        // A pool that goes away with its discovery stops its resolver too.
+        let other = config(
+            "other: {backends: [{id: b1, address: \"h:1\"}]}, chat: {backends: [{id: b1, address: \"h:1\"}]}",
+            "",
+        );
+        let gone = Config {
+            pools: other
+                .pools
+                .iter()
+                .filter(|p| p.name == "other")
+                .cloned()
+                .collect(),
+            routes: vec![],
+            ..other.clone()
+        };
+        assert!(diff(&a, &gone).contains(&Change::DiscoveryChanged {
+            pool: "chat".into()
+        }));
+
+        // An answer, merged into the pool, is the same list of changes as a
+        // reload: the one that left is removed, the new one added, the one
+        // whose address changed keeps its users.
+        let answer = |found: &[(&str, &str)], previous: &[String]| {
+            let mut c = a.clone();
+            let found: Vec<Backend> = found
+                .iter()
+                .map(|(id, address)| Backend {
+                    id: (*id).into(),
+                    address: (*address).into(),
+                    weight: 1,
+                    max_connections: None,
+                })
+                .collect();
+            let (list, ids) =
+                crate::control::discovery::merge(&c.pools[0].backends, previous, &found);
+            c.pools[0].backends = list;
+            (c, ids)
+        };
+        let (first, ids) = answer(
+            &[
+                ("x", "10.0.0.1:9"),
+                ("y", "10.0.0.2:9"),
+                ("z", "10.0.0.3:9"),
+            ],
+            &[],
+        );
+        let (second, _) = answer(
+            &[
+                ("y", "10.0.0.2:9"),
+                ("z", "10.0.0.9:9"),
+                ("w", "10.0.0.4:9"),
+            ],
+            &ids,
+        );
+        let changes = diff(&first, &second);
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(changes[0], Change::BackendRemoved(key("chat", "x")));
+        assert!(
+            matches!(&changes[1], Change::BackendChanged { backend, address: true, weight: false } if backend.id == "z"),
+            "{changes:?}"
+        );
+        assert_eq!(changes[2], Change::BackendAdded(key("chat", "w")));
+        assert!(
+            second.backend("chat", "b1").is_some(),
+            "the static backend stays"
         );
     }
 }

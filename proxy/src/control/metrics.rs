@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::api::{BackendStatus, Status};
+use super::api::{BackendStatus, DiscoveryStatus, Status};
 
 /// Everything `/metrics` shows, taken from the control task in one message.
 pub(crate) struct Metrics {
@@ -55,6 +55,69 @@ fn backend_gauge(
     }
 }
 
+/// A metric family drawn from one value per label set: name, type, help,
+/// and how to read the sample.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+/// Backends per pool, and for pools with DNS discovery how it goes.
+fn discovery(out: &mut String, status: &Status) {
+    header(
+        out,
+        "wsgate_pool_backends",
+        "gauge",
+        "Backends in the pool (configured and discovered), removed ones still closing excluded.",
+    );
+    for p in &status.pools {
+        let n = p
+            .backends
+            .iter()
+            .filter(|b| b.state != super::api::BackendState::Removed)
+            .count();
+        let _ = writeln!(
+            out,
+            "wsgate_pool_backends{{pool=\"{}\"}} {n}",
+            label(&p.name)
+        );
+    }
+    let found: Vec<(&str, &DiscoveryStatus)> = status
+        .pools
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.discovery.as_ref()?)))
+        .collect();
+    let families: [Family<DiscoveryStatus>; 4] = [
+        (
+            "wsgate_discovery_backends",
+            "gauge",
+            "Backends of the pool from its last good DNS answer.",
+            |d| d.backends as u64,
+        ),
+        (
+            "wsgate_discovery_up",
+            "gauge",
+            "1 if the pool's latest DNS resolution succeeded (0: it keeps its last good backends).",
+            |d| u64::from(d.error.is_none() && d.last_success_unix.is_some()),
+        ),
+        (
+            "wsgate_discovery_last_success_timestamp_seconds",
+            "gauge",
+            "When the pool's DNS resolution last succeeded, in Unix seconds (0: never).",
+            |d| d.last_success_unix.unwrap_or(0),
+        ),
+        (
+            "wsgate_discovery_failures_total",
+            "counter",
+            "Failed or empty DNS resolutions of the pool's name.",
+            |d| d.failures_total,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        header(out, name, kind, help);
+        for (pool, d) in &found {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", label(pool), value(d));
+        }
+    }
+}
+
 pub(crate) fn render(m: &Metrics) -> String {
     let mut out = String::new();
     backend_gauge(
@@ -78,6 +141,7 @@ pub(crate) fn render(m: &Metrics) -> String {
         "1 if the backend takes new connections.",
         |b| u64::from(b.state.takes_new_connections()),
     );
+    discovery(&mut out, &m.status);
     header(
         &mut out,
         "wsgate_closes_total",
@@ -191,6 +255,15 @@ mod tests {
                         backend("b1", BackendState::Active),
                         backend("b2", BackendState::Draining),
                     ],
+                    discovery: Some(crate::control::api::DiscoveryStatus {
+                        dns: "chat.ns.svc.cluster.local".into(),
+                        kind: "a".into(),
+                        backends: 1,
+                        last_success_unix: Some(1_700_000_000),
+                        error: Some("DNS lookup failed".into()),
+                        failures_total: 4,
+                        consecutive_failures: 2,
+                    }),
                 }],
                 reload: None,
                 shutting_down: false,
@@ -239,6 +312,11 @@ mod tests {
             "wsgate_certificate_expiry_timestamp_seconds{listener=\"public\",name=\"chat.example.com\"} 1900000000",
             "wsgate_client_connections_limit 448",
             "wsgate_connections_refused_total{reason=\"max_connections\"} 9",
+            "wsgate_pool_backends{pool=\"chat\"} 2",
+            "wsgate_discovery_backends{pool=\"chat\"} 1",
+            "wsgate_discovery_up{pool=\"chat\"} 0",
+            "wsgate_discovery_last_success_timestamp_seconds{pool=\"chat\"} 1700000000",
+            "wsgate_discovery_failures_total{pool=\"chat\"} 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -2,8 +2,8 @@
 //! the handle through which everything else asks it for changes.
 //!
 //! Operator calls (admin API), signals and the config file watcher, active
-//! health probes, and passive failures reported by the data path all
-//! become messages to the [`task`]; nothing else can change routing, and
+//! health probes, DNS answers for pools with discovery, and passive
+//! failures reported by the data path all become messages to the [`task`]; nothing else can change routing, and
 //! there is no lock around control state. After each change the task
 //! publishes a new routing [`Snapshot`](crate::routing::Snapshot) and, for
 //! drains, removals, rebalances and shutdown, starts a paced close job.
@@ -26,6 +26,8 @@
 //! | [`diff`] | what changed between two configs | none |
 //! | [`drain`] | the close schedule (pure) and the job that runs it | timers |
 //! | [`health`] | active probes, and the rise/fall rule | network |
+//! | [`discovery`] | what a DNS answer means: backend ids, next resolution, the pool's new list | none |
+//! | [`resolver`] | one DNS resolver task per pool with discovery | network |
 //! | [`admin`] | the admin HTTP API | network |
 //! | [`api`] | the admin API's bodies, shared with the CLI | none |
 //! | [`metrics`] | Prometheus text for `/metrics` | none |
@@ -39,7 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Backend, Config, ConfigError};
 use crate::routing::{reports, BackendKey, Report, Reporter, Routing};
 
 mod acceptloop;
@@ -47,10 +49,12 @@ pub(crate) mod admin;
 pub mod api;
 pub(crate) mod certificates;
 mod diff;
+mod discovery;
 mod drain;
 mod health;
 mod metrics;
 pub(crate) mod plane;
+mod resolver;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -121,6 +125,14 @@ pub(crate) enum Command {
         backend: BackendKey,
         address: String,
         healthy: bool,
+    },
+    /// One resolution of a pool's `discovery`: the backends the answer
+    /// names, or why there are none (the pool then keeps its last good
+    /// set). A result from a resolver that was since restarted is ignored.
+    Discovered {
+        pool: String,
+        generation: u64,
+        result: Result<Vec<Backend>, discovery::DiscoveryError>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -246,6 +258,23 @@ impl ControlPlane {
         certificates: CertificateBook,
         listeners: Arc<crate::edge::listeners::ListenerSet>,
     ) -> (ControlPlane, Arc<Routing>) {
+        Self::with_lookup(
+            config,
+            config_path,
+            certificates,
+            listeners,
+            resolver::hickory(),
+        )
+    }
+
+    /// [`new`](Self::new), with DNS asked through `lookup`.
+    fn with_lookup(
+        config: Arc<Config>,
+        config_path: Option<PathBuf>,
+        certificates: CertificateBook,
+        listeners: Arc<crate::edge::listeners::ListenerSet>,
+        lookup: resolver::Lookup,
+    ) -> (ControlPlane, Arc<Routing>) {
         let (reporter, reports) = Reporter::channel(reports::CAPACITY);
         let routing = Arc::new(Routing::new(config.clone(), reporter));
         let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
@@ -256,6 +285,7 @@ impl ControlPlane {
             tx.downgrade(),
             certificates,
             listeners,
+            resolver::Resolvers::new(lookup),
         );
         let plane = ControlPlane {
             task,
@@ -272,8 +302,8 @@ impl ControlPlane {
     }
 
     /// Runs the task until every handle is dropped. Must run on a tokio
-    /// runtime (the control thread's): drain jobs and health checkers are
-    /// spawned onto it.
+    /// runtime (the control thread's): drain jobs, health checkers and
+    /// resolvers are spawned onto it.
     pub async fn run(self) {
         let ControlPlane {
             task,

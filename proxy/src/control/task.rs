@@ -12,15 +12,19 @@ use tokio::sync::mpsc;
 
 use super::api::{BackendStatus, PoolStatus, ReloadOutcome, Status};
 use super::diff::{diff, Change};
+use super::discovery::PoolDiscovery;
 use super::drain::{DrainJob, Target};
 use super::health::{Checkers, Streak, Transition};
 use super::metrics::Metrics;
+use super::resolver::Resolvers;
 use super::{Command, ControlError};
 use crate::config::{self, Backend, Config, Rebalance};
 use crate::edge::listeners::{ListenerSet, Plan};
 use crate::routing::{BackendKey, BackendState, DownReason, Report, Routing, Snapshot};
 use crate::tunnel::frame::is_valid_close_code;
 use crate::tunnel::CloseCause;
+
+mod discovered;
 
 pub(super) struct ControlTask {
     config: Arc<Config>,
@@ -48,6 +52,11 @@ pub(super) struct ControlTask {
     listeners: Arc<ListenerSet>,
     /// Ids of the listeners reloads removed, published in every snapshot.
     closed_listeners: Vec<u32>,
+    /// The DNS resolver of each pool with `discovery`.
+    resolvers: Resolvers,
+    /// Each such pool's last good answer and resolution history; its
+    /// backends are in `config` alongside the configured ones.
+    discovered: HashMap<String, PoolDiscovery>,
 }
 
 impl ControlTask {
@@ -58,6 +67,7 @@ impl ControlTask {
         to_self: mpsc::WeakSender<Command>,
         certificates: super::CertificateBook,
         listeners: Arc<ListenerSet>,
+        resolvers: Resolvers,
     ) -> Self {
         ControlTask {
             config,
@@ -77,6 +87,8 @@ impl ControlTask {
             certificates,
             listeners,
             closed_listeners: Vec::new(),
+            resolvers,
+            discovered: HashMap::new(),
         }
     }
 
@@ -86,6 +98,7 @@ impl ControlTask {
         mut reports: mpsc::Receiver<Report>,
     ) {
         self.start_all_checkers();
+        self.start_all_resolvers();
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -142,6 +155,11 @@ impl ControlTask {
                 address,
                 healthy,
             } => self.on_probe(&backend, &address, healthy),
+            Command::Discovered {
+                pool,
+                generation,
+                result,
+            } => self.on_discovered(&pool, generation, result),
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -306,6 +324,11 @@ impl ControlTask {
 
     fn remove_backend(&mut self, key: &BackendKey) -> Result<usize, ControlError> {
         self.existing(key)?;
+        if self.is_discovered(key) {
+            return Err(ControlError::BadRequest(format!(
+                "{key} comes from DNS discovery and would come back with the next answer: drain it (a drain survives re-resolution), or remove its record"
+            )));
+        }
         let mut new = (*self.config).clone();
         if let Some(p) = new.pools.iter_mut().find(|p| p.name == key.pool) {
             p.backends.retain(|b| b.id != key.id);
@@ -362,6 +385,7 @@ impl ControlTask {
                         self.start_checker(&key);
                     }
                 }
+                Change::DiscoveryChanged { pool } => self.start_resolver(pool),
                 Change::BackendChanged { .. }
                 | Change::ListenerChanged { .. }
                 | Change::Setting(_) => {}
@@ -527,6 +551,8 @@ impl ControlTask {
                 return Err(ControlError::InvalidConfig(e));
             }
         };
+        // Discovered backends are not in the file: they carry over.
+        let (new, discovered_ids) = self.with_discovered(new);
         let changes = diff(&self.config, &new);
         // New sockets are bound before anything changes: a port in use
         // rejects the whole reload.
@@ -545,6 +571,7 @@ impl ControlTask {
             }
         };
         self.apply(Arc::new(new), &changes);
+        self.keep_discovered(discovered_ids);
         let mut notes = restart_notes(&changes);
         let mut listener_errors = Vec::new();
         if let Some(plan) = listeners {
@@ -726,6 +753,7 @@ impl ControlTask {
                     }
                     .to_string(),
                     backends,
+                    discovery: self.discovery_status(p),
                 }
             })
             .collect();

@@ -14,6 +14,8 @@ use crate::routing::ring::key_hash;
 use crate::routing::DownReason;
 use crate::tunnel::{CloseCause, CloseSignal};
 
+mod dns;
+
 fn yaml(backends: &[&str], rebalance: &str) -> String {
     yaml_with(backends, rebalance, "")
 }
@@ -38,12 +40,18 @@ struct Harness {
 }
 
 fn control_for(src: &str, file: Option<&Path>) -> Harness {
+    control_with(src, file, resolver::hickory())
+}
+
+/// [`control_for`], with DNS answered by `lookup`.
+fn control_with(src: &str, file: Option<&Path>, lookup: resolver::Lookup) -> Harness {
     let config = Config::from_source(src, "t.yaml", Path::new(".")).unwrap();
-    let (plane, routing) = ControlPlane::new(
+    let (plane, routing) = ControlPlane::with_lookup(
         Arc::new(config),
         file.map(Path::to_path_buf),
         super::CertificateBook::default(),
         crate::edge::listeners::ListenerSet::new(Vec::new()),
+        lookup,
     );
     let control = plane.handle.clone();
     tokio::spawn(plane.run());

@@ -40,6 +40,7 @@ pub use response::ResponseProgress;
 use crate::config::{Config, OnMissingKey};
 use crate::routing::admission::Slot;
 use crate::routing::registry::BackendConns;
+use crate::routing::snapshot::PickError;
 use crate::routing::{path, ring, route, sticky, Report, Routing};
 use crate::tunnel::TunnelConfig;
 use upstream::UpstreamTimeouts;
@@ -210,9 +211,11 @@ impl Gateway {
             None => client.addr.ip().to_string().into_bytes(),
         };
         let key_hash = ring::key_hash(&key);
-        let choice = snapshot
-            .choose(route.pool, key_hash)
-            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let choice = snapshot.choose(route.pool, key_hash).map_err(|e| Refusal {
+            // An empty pool is waiting for DNS: worth coming back soon.
+            retry_after: (e == PickError::NoBackends).then_some(RETRY_AFTER_SECONDS),
+            ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        })?;
         let backend = choice.backend;
         if let Some(max) = backend.max_connections.filter(|_| is_ws) {
             if choice.conns.count() >= max as usize {
@@ -434,8 +437,9 @@ fn empty() -> Body {
         .boxed()
 }
 
-/// `Retry-After` on a 503 for a backend at its connection limit: long
-/// enough for a reconnecting crowd to spread out, short enough for a user.
+/// `Retry-After` on a 503 for a backend at its connection limit, or a pool
+/// still waiting for its first DNS answer: long enough for a reconnecting
+/// crowd to spread out, short enough for a user.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// A request wsgate answers itself.

@@ -108,6 +108,9 @@ pub struct Choice<'a> {
 pub enum PickError {
     #[error("no backend in this pool can take new connections")]
     NoEligibleBackend,
+    /// A pool of discovered backends only, before its first DNS answer.
+    #[error("this pool has no backends yet (waiting for DNS discovery)")]
+    NoBackends,
 }
 
 impl Snapshot {
@@ -165,6 +168,9 @@ impl Snapshot {
     /// [`pick`](Self::pick), with the backend's registry entry.
     pub fn choose(&self, pool: usize, key_hash: u64) -> Result<Choice<'_>, PickError> {
         let state = self.pools.get(pool).ok_or(PickError::NoEligibleBackend)?;
+        if state.ring.is_empty() {
+            return Err(PickError::NoBackends);
+        }
         let index = state
             .ring
             .pick_eligible(key_hash, |i| {
