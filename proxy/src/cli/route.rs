@@ -133,7 +133,11 @@ fn route(args: &RouteArgs) -> Result<(), RouteError> {
                 };
                 let request = Request::build(args, Some(&key)).map_err(at_line)?;
                 let decision = request.decide(&snapshot, args.client_ip).inspect_err(|_| {
-                    eprintln!("wsgate: {}:{}: key {key:?}", file.display(), n + 1);
+                    eprintln!(
+                        "wsgate: {}:{}: this key is not routed:",
+                        file.display(),
+                        n + 1
+                    );
                 })?;
                 if args.json {
                     writeln!(out, "{}", json_line(&snapshot, &decision)).map_err(io)?;
