@@ -32,6 +32,38 @@ fn fleet_cli(args: &[&str], admins: &[String]) -> (i32, String, String) {
     wsgate(&all).unwrap()
 }
 
+/// `drain BACKEND --window 1s --wait` on `admins`: each of `reachable`
+/// says it drains, and the one bar counts them all to 0.
+fn drain_and_wait(
+    backend: &str,
+    config: &str,
+    admins: &[String],
+    reachable: &[String],
+) -> (i32, String, String) {
+    let args = [
+        "drain",
+        backend,
+        "--window",
+        "1s",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-c",
+        config,
+    ];
+    let (code, out, err) = fleet_cli(&args, admins);
+    for name in reachable {
+        let line = format!("{name}: {backend}: draining, closing ");
+        assert!(out.contains(&line), "{out}");
+    }
+    let n = reachable.len();
+    let done = format!("{backend}: no connections left on {n} replicas");
+    assert!(out.contains(&done), "{out}");
+    let bar = format!("{backend} on {n} replicas: 0 connections left");
+    assert!(err.contains(&bar), "{err}");
+    (code, out, err)
+}
+
 /// A client of `backend`, read on a task of its own until a Close arrives.
 struct Watched {
     backend: String,
@@ -75,14 +107,8 @@ async fn closed_exactly(backend: &str, clients: Vec<Watched>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_drain_status_undrain_reload_on_two_replicas_and_one_unreachable() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let spec: Vec<_> = backends
-        .iter()
-        .map(|b| (b.id.as_str(), b.addr, 1))
-        .collect();
+    let backends = start_backends(&["b1", "b2", "b3"]);
+    let spec = weight_one(&backends);
     let yaml = tls_config(&spec, ADMIN);
     let (a, b) = (replica(&yaml), replica(&yaml));
     let both: Vec<String> = [&a, &b]
@@ -97,35 +123,8 @@ async fn fleet_drain_status_undrain_reload_on_two_replicas_and_one_unreachable()
     let config = a.dir.join("wsgate.yaml").display().to_string();
 
     // Every replica reachable: both drained, one bar over both, exit 0.
-    let (code, out, err) = fleet_cli(
-        &[
-            "drain",
-            "chat/b2",
-            "--window",
-            "1s",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-c",
-            &config,
-        ],
-        &both,
-    );
+    let (code, out, err) = drain_and_wait("chat/b2", &config, &both, &both);
     assert_eq!(code, 0, "{out}{err}");
-    for name in &both {
-        assert!(
-            out.contains(&format!("{name}: chat/b2: draining, closing ")),
-            "{out}"
-        );
-    }
-    assert!(
-        out.contains("chat/b2: no connections left on 2 replicas"),
-        "{out}"
-    );
-    assert!(
-        err.contains("chat/b2 on 2 replicas: 0 connections left"),
-        "{err}"
-    );
     closed_exactly("b2", on_a).await;
     closed_exactly("b2", on_b).await;
 
@@ -192,28 +191,11 @@ async fn fleet_drain_status_undrain_reload_on_two_replicas_and_one_unreachable()
     // drained and waited for, the missing one is named, exit 1.
     let on_a = clients(&a, 40).await;
     let on_b = clients(&b, 40).await;
-    let (code, out, err) = fleet_cli(
-        &[
-            "drain",
-            "chat/b3",
-            "--window",
-            "1s",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-c",
-            &config,
-        ],
-        &with_dead,
-    );
+    let (code, out, err) = drain_and_wait("chat/b3", &config, &with_dead, &both);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains(&format!("wsgate: {dead}: cannot reach the admin API")),
         "{err}"
-    );
-    assert!(
-        out.contains("chat/b3: no connections left on 2 replicas"),
-        "{out}"
     );
     closed_exactly("b3", on_a).await;
     closed_exactly("b3", on_b).await;

@@ -206,18 +206,14 @@ fn kubernetes_manifests_parse_and_agree_with_their_wsgate_config() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// `GET /healthz` on the admin address, without a token: (status, response).
-async fn healthz(admin: std::net::SocketAddr) -> (u16, String) {
+/// `GET path` on the admin address without a token: (status, response).
+async fn get_without_token(admin: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::time::timeout(STEP, TcpStream::connect(admin))
         .await
         .unwrap()
         .unwrap();
-    let resp = raw_request(
-        &mut s,
-        b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let resp = raw_request(&mut s, req.as_bytes()).await.unwrap();
     (status_of(&resp).unwrap_or(0), resp)
 }
 
@@ -227,21 +223,12 @@ async fn healthz_needs_no_token_and_turns_503_on_shutdown() {
     let extra = "admin: { address: \"127.0.0.1:0\", token_file: admin.token }\nruntime: { shutdown_window: 10s }\n";
     let mut gate = Gate::start(&tls_config(&[("b1", backend.addr, 1)], extra), 1).unwrap();
     let admin = gate.admin.unwrap();
-    let (status, resp) = healthz(admin).await;
+    let (status, resp) = get_without_token(admin, "/healthz").await;
     assert_eq!(status, 200, "{resp}");
     assert!(resp.contains("{\"ok\":true}"), "{resp}");
     // Everything else still wants the token.
-    let mut s = tokio::time::timeout(STEP, TcpStream::connect(admin))
-        .await
-        .unwrap()
-        .unwrap();
-    let resp = raw_request(
-        &mut s,
-        b"GET /v1/status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    assert_eq!(status_of(&resp), Some(401), "{resp}");
+    let (status, resp) = get_without_token(admin, "/v1/status").await;
+    assert_eq!(status, 401, "{resp}");
 
     // A live connection keeps the shutdown going for its window.
     let mut ws = wss(&gate, "/echo?user=alice").await.unwrap();
@@ -249,7 +236,7 @@ async fn healthz_needs_no_token_and_turns_503_on_shutdown() {
     gate.proc.signal("TERM");
     let deadline = Instant::now() + STEP;
     loop {
-        let (status, resp) = healthz(admin).await;
+        let (status, resp) = get_without_token(admin, "/healthz").await;
         if status == 503 {
             assert!(resp.contains("\"shutting_down\":true"), "{resp}");
             break;

@@ -119,19 +119,8 @@ fn on_all(gates: &[&Gate], args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_of_two_builds_map_100_000_keys_identically() {
     let native = native_wsgate();
-    let mut backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let spec = |backends: &[Backend]| -> Vec<(String, std::net::SocketAddr, u32)> {
-        backends.iter().map(|b| (b.id.clone(), b.addr, 1)).collect()
-    };
-    let yaml_of = |backends: &[Backend]| {
-        let s = spec(backends);
-        let refs: Vec<(&str, std::net::SocketAddr, u32)> =
-            s.iter().map(|(id, a, w)| (id.as_str(), *a, *w)).collect();
-        tls_config(&refs, ADMIN)
-    };
+    let mut backends = start_backends(&["b1", "b2", "b3"]);
+    let yaml_of = |backends: &[Backend]| tls_config(&weight_one(backends), ADMIN);
     let yaml = yaml_of(&backends);
     let a = replica(&bin("wsgate"), &yaml);
     let b = replica(&bin("wsgate"), &yaml);

@@ -25,14 +25,8 @@ fn predicted(config: &str, user: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_predicts_the_backend_and_the_runner_up_after_a_drain() {
-    let backends: Vec<Backend> = ["b1", "b2", "b3"]
-        .iter()
-        .map(|id| Backend::start(id).unwrap())
-        .collect();
-    let spec: Vec<_> = backends
-        .iter()
-        .map(|b| (b.id.as_str(), b.addr, 1))
-        .collect();
+    let backends = start_backends(&["b1", "b2", "b3"]);
+    let spec = weight_one(&backends);
     let gate = Gate::start(&tls_config(&spec, ADMIN), 1).unwrap();
     let config = gate.dir.join("wsgate.yaml").display().to_string();
     let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();

@@ -194,6 +194,19 @@ impl Backend {
     }
 }
 
+/// One `chat-backend` per id.
+pub fn start_backends(ids: &[&str]) -> Vec<Backend> {
+    ids.iter().map(|id| Backend::start(id).unwrap()).collect()
+}
+
+/// Each backend as (id, address, weight 1), for [`tls_config`].
+pub fn weight_one(backends: &[Backend]) -> Vec<(&str, SocketAddr, u32)> {
+    backends
+        .iter()
+        .map(|b| (b.id.as_str(), b.addr, 1))
+        .collect()
+}
+
 /// A running `wsgate` with its config in a scratch directory.
 pub struct Gate {
     pub dir: PathBuf,

@@ -379,6 +379,29 @@ async fn wait_if_asked(
     }
 }
 
+/// A drain or a removal (`call`: method, path, body) of `pool/id` on every
+/// replica, each one's answer as `POOL/ID: DONE, closing N connections`,
+/// then the wait if asked.
+async fn close_backend(
+    fleet: &Fleet,
+    call: (Method, &str, Option<&impl serde::Serialize>),
+    (pool, id): (&str, &str),
+    done: &str,
+    wait: &WaitArgs,
+) -> ExitCode {
+    let (method, path, body) = call;
+    let (answers, all) = on_fleet(fleet, |c| c.call::<Closing>(method.clone(), path, body)).await;
+    for (member, reply) in &answers {
+        println!(
+            "{}{pool}/{id}: {done}, closing {} connections",
+            fleet.prefix(member),
+            reply.closing
+        );
+    }
+    let took = answers.into_iter().map(|(m, _)| m.clone()).collect();
+    wait_if_asked(fleet, took, pool, id, wait, all).await
+}
+
 /// `status` of several replicas: one table with a REPLICA column, or a
 /// JSON array of `{"admin", "status"}` / `{"admin", "error"}`.
 async fn fleet_status(fleet: &Fleet, json: bool) -> ExitCode {
@@ -447,19 +470,8 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
                 close_code,
             };
             let path = format!("/v1/pools/{pool}/backends/{id}/drain");
-            let (answers, all) = on_fleet(&fleet, |c| {
-                c.call::<Closing>(Method::POST, &path, Some(&body))
-            })
-            .await;
-            for (member, reply) in &answers {
-                println!(
-                    "{}{pool}/{id}: draining, closing {} connections",
-                    fleet.prefix(member),
-                    reply.closing
-                );
-            }
-            let took = answers.into_iter().map(|(m, _)| m.clone()).collect();
-            Ok(wait_if_asked(&fleet, took, pool, id, &wait, all).await)
+            let call = (Method::POST, path.as_str(), Some(&body));
+            Ok(close_backend(&fleet, call, (pool, id), "draining", &wait).await)
         }
         Command::Undrain { backend, admin } => {
             let (pool, id) = split_backend(&backend)?;
@@ -512,19 +524,8 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
             let (pool, id) = split_backend(&backend)?;
             let fleet = fleet(&admin).await?;
             let path = format!("/v1/pools/{pool}/backends/{id}");
-            let (answers, all) = on_fleet(&fleet, |c| {
-                c.call::<Closing>(Method::DELETE, &path, None::<&()>)
-            })
-            .await;
-            for (member, reply) in &answers {
-                println!(
-                    "{}{pool}/{id}: removed, closing {} connections",
-                    fleet.prefix(member),
-                    reply.closing
-                );
-            }
-            let took = answers.into_iter().map(|(m, _)| m.clone()).collect();
-            Ok(wait_if_asked(&fleet, took, pool, id, &wait, all).await)
+            let call = (Method::DELETE, path.as_str(), None::<&()>);
+            Ok(close_backend(&fleet, call, (pool, id), "removed", &wait).await)
         }
         Command::Reload { admin } => {
             let fleet = fleet(&admin).await?;

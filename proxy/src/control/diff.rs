@@ -272,28 +272,26 @@ mod tests {
             !changes.iter().any(Change::needs_restart),
             "listeners start and stop by reload"
         );
-        let admin = Config::from_source(
-            "listeners: [{name: a, address: \"127.0.0.1:0\"}]\nroutes: [{pool: chat}]\n\
-             pools: {chat: {backends: [{id: b1, address: \"h:1\"}]}}\n\
-             admin: {address: \"127.0.0.1:0\", token_file: t}\n",
-            "t.yaml",
-            Path::new("."),
-        )
-        .unwrap();
+        let with_admin = |admin: &str| {
+            Config::from_source(
+                &format!(
+                    "listeners: [{{name: a, address: \"127.0.0.1:0\"}}]\nroutes: [{{pool: chat}}]\n\
+                     pools: {{chat: {{backends: [{{id: b1, address: \"h:1\"}}]}}}}\n\
+                     admin: {{address: \"127.0.0.1:0\", token_file: t{admin}}}\n"
+                ),
+                "t.yaml",
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        let admin = with_admin("");
         let changes = diff(&old, &admin);
         assert_eq!(changes, [Change::Setting("admin")]);
         assert!(
             changes[0].needs_restart(),
             "the admin socket waits for a restart"
         );
-        let with_peers = Config::from_source(
-            "listeners: [{name: a, address: \"127.0.0.1:0\"}]\nroutes: [{pool: chat}]\n\
-             pools: {chat: {backends: [{id: b1, address: \"h:1\"}]}}\n\
-             admin: {address: \"127.0.0.1:0\", token_file: t, peers: [\"http://10.0.0.5:9900/\", \"w.ns.svc:9900\"]}\n",
-            "t.yaml",
-            Path::new("."),
-        )
-        .unwrap();
+        let with_peers = with_admin(", peers: [\"http://10.0.0.5:9900/\", \"w.ns.svc:9900\"]");
         assert_eq!(
             with_peers.admin.as_ref().map(|a| a.peers.clone()),
             Some(vec![
