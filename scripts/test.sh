@@ -11,6 +11,12 @@ python3 scripts/module-deps.py >/dev/null
 cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests start these binaries as real processes.
 cargo build --workspace --bins
+# A second wsgate with other code generation (CPU-specific instructions,
+# e.g. AVX2 in xxh3), in its own target directory: the replica-agreement
+# test (tests/e2e/replicas.rs) checks both builds map keys identically.
+# Debug and wsgate only, to keep the extra build small.
+RUSTFLAGS='-C target-cpu=native' cargo build -p wsgate --bin wsgate \
+  --target-dir "${CARGO_TARGET_DIR:-target}/native"
 # One test at a time: several end-to-end tests are timing-sensitive (drain
 # pacing, health detection, the restart handoff loop), and a 2-core machine
 # cannot also run 16 MiB debug-build echoes beside them without starving

@@ -40,6 +40,24 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Path of the `wsgate` binary built with other code generation
+/// (`-C target-cpu=native`, in its own target directory), which
+/// `scripts/test.sh` builds for the replica-agreement test.
+pub fn native_wsgate() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("native/debug/wsgate");
+    assert!(
+        path.exists(),
+        "{} is missing: scripts/test.sh builds it with \
+         RUSTFLAGS='-C target-cpu=native' cargo build -p wsgate --bin wsgate --target-dir {}",
+        path.display(),
+        target.join("native").display()
+    );
+    path
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -177,6 +195,19 @@ impl Backend {
     }
 }
 
+/// One `chat-backend` per id.
+pub fn start_backends(ids: &[&str]) -> Vec<Backend> {
+    ids.iter().map(|id| Backend::start(id).unwrap()).collect()
+}
+
+/// Each backend as (id, address, weight 1), for [`tls_config`].
+pub fn weight_one(backends: &[Backend]) -> Vec<(&str, SocketAddr, u32)> {
+    backends
+        .iter()
+        .map(|b| (b.id.as_str(), b.addr, 1))
+        .collect()
+}
+
 /// A running `wsgate` with its config in a scratch directory.
 pub struct Gate {
     pub dir: PathBuf,
@@ -212,7 +243,18 @@ impl Gate {
         listeners: usize,
         extra: &[&str],
     ) -> Result<Gate> {
-        Gate::spawn(wrapper, extra, dir, yaml, listeners, None)
+        Gate::spawn(&bin("wsgate"), wrapper, extra, dir, yaml, listeners, None)
+    }
+
+    /// Like [`Gate::start_in`], running `program` instead of the workspace's
+    /// `wsgate` (e.g. [`native_wsgate`]).
+    pub fn start_binary(
+        program: &Path,
+        dir: PathBuf,
+        yaml: &str,
+        listeners: usize,
+    ) -> Result<Gate> {
+        Gate::spawn(program, &[], &[], dir, yaml, listeners, None)
     }
 
     /// Writes the config, runs `[wrapper...] wsgate run -c CONFIG extra...`
@@ -220,6 +262,7 @@ impl Gate {
     /// listener lines, plus the admin line if the YAML has `admin:`.
     /// `sink` gets every stderr line, if given.
     fn spawn(
+        program: &Path,
         wrapper: &[&str],
         extra: &[&str],
         dir: PathBuf,
@@ -230,12 +273,12 @@ impl Gate {
         let config = dir.join("wsgate.yaml");
         std::fs::write(&config, yaml)?;
         let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin("wsgate"));
+            Some((first, args)) => {
+                let mut c = Command::new(first);
+                c.args(args).arg(program);
                 c
             }
-            None => Command::new(bin("wsgate")),
+            None => Command::new(program),
         };
         cmd.arg("run")
             .arg("-c")
@@ -717,21 +760,43 @@ impl CliHandle {
             .admin
             .ok_or_else(|| anyhow!("this gate has no admin API"))?;
         let token = std::fs::read_to_string(&self.token_file)?;
-        let out = Command::new(bin("wsgate"))
-            .args(args)
-            .arg("-c")
-            .arg(&self.config)
-            .arg("--admin")
-            .arg(admin.to_string())
-            .arg("--token")
-            .arg(token.trim())
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        let (config, admin) = (self.config.display().to_string(), admin.to_string());
+        let mut all = args.to_vec();
+        all.extend(["-c", &config, "--admin", &admin, "--token", token.trim()]);
+        wsgate(&all)
     }
+}
+
+/// The code of the Close frame that arrives within `limit`, else None
+/// (also when the stream errs or ends without one).
+pub async fn close_within(ws: &mut Ws, limit: Duration) -> Option<u16> {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                // Drive the close handshake to its end (tungstenite answers).
+                let _ = tokio::time::timeout_at(until, ws.next()).await;
+                return Some(frame.map_or(1005, |f| u16::from(f.code)));
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Runs `wsgate ARGS...` to its end; returns (exit code, stdout, stderr).
+pub fn wsgate(args: &[&str]) -> Result<(i32, String, String)> {
+    run_binary(&bin("wsgate"), args)
+}
+
+/// Runs `program ARGS...` to its end; returns (exit code, stdout, stderr).
+pub fn run_binary(program: &Path, args: &[&str]) -> Result<(i32, String, String)> {
+    let out = Command::new(program).args(args).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Reads an HTTP head byte by byte, so nothing after it is consumed.
@@ -818,7 +883,7 @@ impl Gate {
                 let _ = tx.try_send(line.to_string());
             }
         });
-        let gate = Gate::spawn(&[], &[], dir, yaml, listeners, Some(sink))?;
+        let gate = Gate::spawn(&bin("wsgate"), &[], &[], dir, yaml, listeners, Some(sink))?;
         Ok((
             gate,
             LogTap {

@@ -1,15 +1,24 @@
 //! The client side of the admin API, used by `wsgate status`, `drain`,
-//! `undrain`, `backend add|remove` and `reload`.
+//! `undrain`, `backend add|remove` and `reload`, for one replica or a
+//! fleet of them ([`Fleet`]).
 //!
 //! Where to connect and which token to present come from flags or the
-//! environment, else from the config file's `admin` section. That section
-//! is read leniently (as plain YAML, not validated), so that `wsgate reload`
-//! still reaches a running proxy after someone saved an invalid config,
-//! which is exactly when the operator needs to see the error.
+//! environment, else from the config file's `admin` section (`peers`, or
+//! else `address`). That section is read leniently (as plain YAML, not
+//! validated), so that `wsgate reload` still reaches a running proxy after
+//! someone saved an invalid config, which is exactly when the operator
+//! needs to see the error.
+//!
+//! An endpoint given by host name stands for every address the name
+//! resolves to (a Kubernetes headless Service lists each pod), so one
+//! name reaches every replica. Calls to the replicas run concurrently,
+//! each bounded by [`CALL_TIMEOUT`]; one that fails is reported by name
+//! and the others proceed.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +32,14 @@ use crate::control::api::{DiscoveryStatus, ErrorReply, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no admin address: pass --admin HOST:PORT, set WSGATE_ADMIN, or add `admin:` to {0}")]
+    #[error("no admin address: pass --admin HOST:PORT[,HOST:PORT...], set WSGATE_ADMIN, or add `admin:` to {0}")]
     NoAddress(String),
+    #[error("`{0}` is not an admin endpoint: use HOST:PORT or http://HOST:PORT")]
+    BadEndpoint(String),
+    #[error("cannot resolve the admin endpoint {endpoint}: {message}")]
+    Resolve { endpoint: String, message: String },
+    #[error("no answer from {name} within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout { name: String },
     #[error(
         "no admin token: pass --token, set WSGATE_ADMIN_TOKEN, or set admin.token_file in {0}"
     )]
@@ -46,56 +61,211 @@ pub enum ClientError {
     BadAnswer(String),
 }
 
+/// The longest one call to one replica may take, connect to last byte.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest a host name of `--admin` or `admin.peers` may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One replica's admin API.
+#[derive(Clone)]
 pub struct AdminClient {
+    /// The endpoint as the operator wrote it (with the address, when a
+    /// name stands for several).
+    pub name: String,
     pub address: SocketAddr,
-    token: String,
+    token: Arc<str>,
 }
 
 /// The admin section of a config file, read without validating the rest.
-fn admin_section(config: &Path) -> (Option<String>, Option<PathBuf>) {
-    let Ok(text) = std::fs::read_to_string(config) else {
-        return (None, None);
-    };
-    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) else {
-        return (None, None);
-    };
-    let admin = &doc["admin"];
-    let address = admin["address"].as_str().map(str::to_string);
-    let base = config.parent().unwrap_or(Path::new("."));
-    let token_file = admin["token_file"].as_str().map(|t| base.join(t));
-    (address, token_file)
+struct AdminSection {
+    /// `admin.peers` when it has entries, else `admin.address`.
+    endpoints: Vec<String>,
+    token_file: Option<PathBuf>,
 }
 
-impl AdminClient {
-    /// `address` and `token` override what the config says.
-    pub fn resolve(
-        config: &Path,
-        address: Option<&str>,
-        token: Option<&str>,
-    ) -> Result<AdminClient, ClientError> {
-        let (file_address, token_file) = admin_section(config);
-        let shown = config.display().to_string();
-        let address = address
+fn admin_section(config: &Path) -> AdminSection {
+    let none = AdminSection {
+        endpoints: Vec::new(),
+        token_file: None,
+    };
+    let Ok(text) = std::fs::read_to_string(config) else {
+        return none;
+    };
+    let Ok(doc) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text) else {
+        return none;
+    };
+    let admin = &doc["admin"];
+    let peers: Vec<String> = admin["peers"]
+        .as_sequence()
+        .map(|s| {
+            s.iter()
+                .filter_map(|p| p.as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let endpoints = if peers.is_empty() {
+        admin["address"]
+            .as_str()
             .map(str::to_string)
-            .or(file_address)
-            .ok_or_else(|| ClientError::NoAddress(shown.clone()))?;
-        let address: SocketAddr = address
-            .trim_start_matches("http://")
-            .parse()
-            .map_err(|_| ClientError::NoAddress(shown.clone()))?;
-        let token = match token.filter(|t| !t.is_empty()) {
-            Some(t) => t.to_string(),
+            .into_iter()
+            .collect()
+    } else {
+        peers
+    };
+    let base = config.parent().unwrap_or(Path::new("."));
+    let token_file = admin["token_file"].as_str().map(|t| base.join(t));
+    AdminSection {
+        endpoints,
+        token_file,
+    }
+}
+
+/// The admin APIs one command acts on: every replica named (a host name
+/// counts once per address), and the endpoints whose name did not resolve.
+pub struct Fleet {
+    pub members: Vec<AdminClient>,
+    pub unresolved: Vec<(String, ClientError)>,
+}
+
+impl Fleet {
+    /// `endpoints` (comma-separated) and `token` override what the config says.
+    pub async fn resolve(
+        config: &Path,
+        endpoints: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Fleet, ClientError> {
+        let section = admin_section(config);
+        let shown = config.display().to_string();
+        let endpoints: Vec<String> = match endpoints {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => section.endpoints,
+        };
+        if endpoints.is_empty() {
+            return Err(ClientError::NoAddress(shown));
+        }
+        let token: Arc<str> = match token.filter(|t| !t.is_empty()) {
+            Some(t) => t.into(),
             None => {
-                let path = token_file.ok_or(ClientError::NoToken(shown))?;
+                let path = section.token_file.ok_or(ClientError::NoToken(shown))?;
                 std::fs::read_to_string(&path)
                     .map_err(|source| ClientError::TokenFile { path, source })?
                     .trim()
-                    .to_string()
+                    .into()
             }
         };
-        Ok(AdminClient { address, token })
+        let lookups = endpoints.iter().map(|e| addresses(e));
+        let found = futures_util::future::join_all(lookups).await;
+        let mut fleet = Fleet {
+            members: Vec::new(),
+            unresolved: Vec::new(),
+        };
+        for (endpoint, found) in endpoints.iter().zip(found) {
+            let addresses = match found {
+                Ok(a) => a,
+                Err(e @ ClientError::Resolve { .. }) => {
+                    fleet.unresolved.push((endpoint.clone(), e));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let several = addresses.len() > 1;
+            for address in addresses {
+                if fleet.members.iter().any(|m| m.address == address) {
+                    continue;
+                }
+                let name = if several {
+                    format!("{endpoint} ({address})")
+                } else {
+                    endpoint.clone()
+                };
+                fleet.members.push(AdminClient {
+                    name,
+                    address,
+                    token: token.clone(),
+                });
+            }
+        }
+        Ok(fleet)
     }
 
+    /// One replica, named once: the commands keep their one-replica output.
+    pub fn is_single(&self) -> bool {
+        self.members.len() + self.unresolved.len() == 1
+    }
+
+    /// `NAME: ` before a replica's lines when there are several, else nothing.
+    pub fn prefix(&self, member: &AdminClient) -> String {
+        if self.is_single() {
+            String::new()
+        } else {
+            format!("{}: ", member.name)
+        }
+    }
+
+    /// `call` on every replica at once, each bounded by [`CALL_TIMEOUT`];
+    /// the answers in member order.
+    pub async fn each<'a, T, F, Fut>(
+        &'a self,
+        call: F,
+    ) -> Vec<(&'a AdminClient, Result<T, ClientError>)>
+    where
+        F: Fn(&'a AdminClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let calls = self.members.iter().map(|m| {
+            let call = call(m);
+            async move {
+                let answer = tokio::time::timeout(CALL_TIMEOUT, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClientError::Timeout {
+                            name: m.name.clone(),
+                        })
+                    });
+                (m, answer)
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+}
+
+/// Every address of an endpoint: itself if it is an IP:port, else what
+/// its host name resolves to.
+async fn addresses(endpoint: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let bare = crate::config::admin_endpoint(endpoint);
+    if let Ok(address) = bare.parse::<SocketAddr>() {
+        return Ok(vec![address]);
+    }
+    if !crate::config::valid_host_port(bare) {
+        return Err(ClientError::BadEndpoint(endpoint.to_string()));
+    }
+    let resolve_error = |message: String| ClientError::Resolve {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(bare))
+        .await
+        .map_err(|_| resolve_error(format!("no answer within {}s", RESOLVE_TIMEOUT.as_secs())))?
+        .map_err(|e| resolve_error(e.to_string()))?;
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !addresses.contains(&a) {
+            addresses.push(a);
+        }
+    }
+    if addresses.is_empty() {
+        return Err(resolve_error("no addresses".into()));
+    }
+    Ok(addresses)
+}
+
+impl AdminClient {
     /// One request with a JSON body; the answer parsed as `T`.
     pub async fn call<T: DeserializeOwned>(
         &self,
@@ -171,78 +341,125 @@ impl AdminClient {
     pub async fn status(&self) -> Result<Status, ClientError> {
         self.call(Method::GET, "/v1/status", None::<&()>).await
     }
+}
 
-    /// Waits until `pool/id` has no connections left, showing progress.
-    /// Returns false on timeout.
-    pub async fn wait_empty(
-        &self,
-        pool: &str,
-        id: &str,
-        timeout: Duration,
-    ) -> Result<bool, ClientError> {
-        let deadline = Instant::now() + timeout;
-        let tty = std::io::stderr().is_terminal();
-        let mut first: Option<usize> = None;
-        let mut last_printed = None;
-        loop {
-            let status = self.status().await?;
-            let left = status
-                .pools
-                .iter()
-                .filter(|p| p.name == pool)
-                .flat_map(|p| &p.backends)
-                .find(|b| b.id == id)
-                .map_or(0, |b| b.connections);
-            let total = *first.get_or_insert(left);
-            if tty {
-                eprint!("\r{}", progress_line(pool, id, left, total));
-            } else if last_printed != Some(left) {
-                eprintln!("{pool}/{id}: {left} connections left");
-                last_printed = Some(left);
-            }
-            if left == 0 {
-                if tty {
-                    eprintln!();
+/// What a wait across replicas ended with.
+pub struct WaitOutcome {
+    /// No connection left on any replica still answering.
+    pub empty: bool,
+    /// Replicas whose status could not be read (left out from then on).
+    pub failed: Vec<(String, ClientError)>,
+}
+
+/// Live connections of `pool/id` in one status.
+fn connections_of(status: &Status, pool: &str, id: &str) -> usize {
+    status
+        .pools
+        .iter()
+        .filter(|p| p.name == pool)
+        .flat_map(|p| &p.backends)
+        .find(|b| b.id == id)
+        .map_or(0, |b| b.connections)
+}
+
+/// Waits until `pool/id` has no connections left on any of `members`,
+/// showing one progress bar for them all (connections left across the
+/// fleet). Gives up at `timeout`. A replica whose status fails is reported
+/// in the outcome and no longer waited for.
+pub async fn wait_empty(
+    members: &[AdminClient],
+    pool: &str,
+    id: &str,
+    timeout: Duration,
+) -> WaitOutcome {
+    let deadline = Instant::now() + timeout;
+    let tty = std::io::stderr().is_terminal();
+    let label = match members.len() {
+        1 => format!("{pool}/{id}"),
+        n => format!("{pool}/{id} on {n} replicas"),
+    };
+    let mut live: Vec<&AdminClient> = members.iter().collect();
+    let mut failed = Vec::new();
+    // Each replica's count when first seen: the bar's total.
+    let mut first: Vec<Option<usize>> = vec![None; members.len()];
+    let mut last_printed = None;
+    loop {
+        let polls = live.iter().map(|m| async move {
+            let answer = tokio::time::timeout(CALL_TIMEOUT, m.status())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Timeout {
+                        name: m.name.clone(),
+                    })
+                });
+            (*m, answer)
+        });
+        let mut left = 0;
+        let mut still = Vec::new();
+        for (m, answer) in futures_util::future::join_all(polls).await {
+            match answer {
+                Ok(status) => {
+                    let n = connections_of(&status, pool, id);
+                    if let Some(slot) = members
+                        .iter()
+                        .position(|x| x.address == m.address)
+                        .and_then(|i| first.get_mut(i))
+                    {
+                        slot.get_or_insert(n);
+                    }
+                    left += n;
+                    still.push(m);
                 }
-                return Ok(true);
+                Err(e) => failed.push((m.name.clone(), e)),
             }
-            if Instant::now() >= deadline {
-                if tty {
-                    eprintln!();
-                }
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        live = still;
+        let total = first.iter().flatten().sum::<usize>().max(left);
+        if tty {
+            eprint!("\r{}", progress_line(&label, left, total));
+        } else if last_printed != Some(left) {
+            eprintln!("{label}: {left} connections left");
+            last_printed = Some(left);
+        }
+        let timed_out = Instant::now() >= deadline;
+        if left == 0 || timed_out || live.is_empty() {
+            if tty {
+                eprintln!();
+            }
+            return WaitOutcome {
+                empty: left == 0,
+                failed,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// `chat/b2 [##########----------] 150/300 closed`
-pub fn progress_line(pool: &str, id: &str, left: usize, total: usize) -> String {
+pub fn progress_line(label: &str, left: usize, total: usize) -> String {
     let done = total.saturating_sub(left);
     let width = 30;
-    let filled = (done * width).checked_div(total).unwrap_or(width);
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
     format!(
-        "{pool}/{id} [{}{}] {done}/{total} closed",
+        "{label} [{}{}] {done}/{total} closed",
         "#".repeat(filled),
         "-".repeat(width - filled)
     )
 }
 
-/// Renders status as an aligned table.
-pub fn status_table(status: &Status) -> String {
-    let mut rows = vec![[
-        "POOL".to_string(),
-        "BACKEND".to_string(),
-        "STATE".to_string(),
-        "CONNS".to_string(),
-        "PENDING".to_string(),
-        "WEIGHT".to_string(),
-        "ADDRESS".to_string(),
-    ]];
+const BACKEND_COLUMNS: [&str; 7] = [
+    "POOL", "BACKEND", "STATE", "CONNS", "PENDING", "WEIGHT", "ADDRESS",
+];
+
+/// One status's backends as table cells, in [`BACKEND_COLUMNS`] order.
+fn backend_rows(status: &Status) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
     for p in &status.pools {
         for b in &p.backends {
-            rows.push([
+            rows.push(vec![
                 p.name.clone(),
                 b.id.clone(),
                 b.state.to_string(),
@@ -253,8 +470,22 @@ pub fn status_table(status: &Status) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+    rows
+}
+
+/// Rows as columns padded to their widest cell. A short row's last cell
+/// (an unreachable replica's error) runs on over the columns it lacks, and
+/// does not widen them.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter(|r| i + 1 < r.len() || r.len() == columns)
+                .map(|r| r.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -266,6 +497,89 @@ pub fn status_table(status: &Status) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    out
+}
+
+/// Renders status as an aligned table.
+pub fn status_table(status: &Status) -> String {
+    let mut rows = vec![BACKEND_COLUMNS.map(String::from).to_vec()];
+    rows.extend(backend_rows(status));
+    aligned(&rows) + &status_notes(status)
+}
+
+/// Each replica's backends in one table with a REPLICA column; a replica
+/// that did not answer gets one row saying why. Then each replica's notes
+/// (failed reload, certificates, shutdown), and every backend whose state
+/// differs between the replicas that answered.
+pub fn fleet_status_table(replicas: &[(String, Result<Status, String>)]) -> String {
+    let mut rows = vec![std::iter::once("REPLICA".to_string())
+        .chain(BACKEND_COLUMNS.map(String::from))
+        .collect::<Vec<_>>()];
+    let mut notes = String::new();
+    for (name, answer) in replicas {
+        match answer {
+            Ok(status) => {
+                for r in backend_rows(status) {
+                    rows.push(std::iter::once(name.clone()).chain(r).collect());
+                }
+                for line in status_notes(status).lines() {
+                    notes.push_str(&format!("{name}: {line}\n"));
+                }
+            }
+            Err(e) => rows.push(vec![name.clone(), format!("UNREACHABLE: {e}")]),
+        }
+    }
+    aligned(&rows) + &notes + &disagreements(replicas)
+}
+
+/// `replicas disagree on chat/b2: draining on A; active on B` for each
+/// backend whose state is not the same on every replica that answered
+/// (a drain that missed one, a backend only some replicas know).
+fn disagreements(replicas: &[(String, Result<Status, String>)]) -> String {
+    let answered: Vec<(&String, &Status)> = replicas
+        .iter()
+        .filter_map(|(n, a)| a.as_ref().ok().map(|s| (n, s)))
+        .collect();
+    let mut backends: Vec<(String, String)> = Vec::new();
+    for (_, s) in &answered {
+        for p in &s.pools {
+            for b in &p.backends {
+                let key = (p.name.clone(), b.id.clone());
+                if !backends.contains(&key) {
+                    backends.push(key);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    for (pool, id) in backends {
+        let states: Vec<(&String, String)> = answered
+            .iter()
+            .map(|(name, s)| {
+                let state = s
+                    .pools
+                    .iter()
+                    .filter(|p| p.name == pool)
+                    .flat_map(|p| &p.backends)
+                    .find(|b| b.id == id)
+                    .map_or("absent".to_string(), |b| b.state.name().to_string());
+                (*name, state)
+            })
+            .collect();
+        if states.iter().any(|(_, s)| *s != states[0].1) {
+            let each: Vec<String> = states.iter().map(|(n, s)| format!("{s} on {n}")).collect();
+            out.push_str(&format!(
+                "replicas disagree on {pool}/{id}: {}\n",
+                each.join("; ")
+            ));
+        }
+    }
+    out
+}
+
+/// The lines after the table: a failed reload, certificates, shutdown.
+fn status_notes(status: &Status) -> String {
+    let mut out = String::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -329,6 +643,8 @@ pub fn discovery_line(pool: &str, d: &DiscoveryStatus, now_unix: u64) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::api::{BackendStatus, PoolStatus};
+    use crate::routing::BackendState;
 
     #[test]
     fn discovery_line_says_whether_dns_works() {
@@ -363,17 +679,29 @@ mod tests {
     #[test]
     fn progress_bar_fills() {
         assert_eq!(
-            progress_line("chat", "b2", 300, 300),
+            progress_line("chat/b2", 300, 300),
             format!("chat/b2 [{}] 0/300 closed", "-".repeat(30))
         );
         assert_eq!(
-            progress_line("chat", "b2", 0, 300),
+            progress_line("chat/b2", 0, 300),
             format!("chat/b2 [{}] 300/300 closed", "#".repeat(30))
         );
         assert_eq!(
-            progress_line("chat", "b2", 0, 0),
-            format!("chat/b2 [{}] 0/0 closed", "#".repeat(30))
+            progress_line("chat/b2 on 2 replicas", 0, 0),
+            format!("chat/b2 on 2 replicas [{}] 0/0 closed", "#".repeat(30))
         );
+    }
+
+    fn resolve(
+        file: &Path,
+        endpoints: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Fleet, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(Fleet::resolve(file, endpoints, token))
     }
 
     #[test]
@@ -387,16 +715,108 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.join("t.token"), "abc\n").unwrap();
-        let c = AdminClient::resolve(&file, None, None).unwrap();
-        assert_eq!(c.address, "127.0.0.1:9900".parse().unwrap());
-        assert_eq!(c.token, "abc");
-        let c = AdminClient::resolve(&file, Some("127.0.0.1:1"), Some("x")).unwrap();
-        assert_eq!((c.address.port(), c.token.as_str()), (1, "x"));
+        let f = resolve(&file, None, None).unwrap();
+        assert!(f.is_single());
+        assert_eq!(f.members[0].address, "127.0.0.1:9900".parse().unwrap());
+        assert_eq!(&*f.members[0].token, "abc");
+        assert_eq!(f.prefix(&f.members[0]), "");
+        let f = resolve(&file, Some("127.0.0.1:1"), Some("x")).unwrap();
+        assert_eq!(
+            (f.members[0].address.port(), &*f.members[0].token),
+            (1, "x")
+        );
+        // Peers replace the address; duplicates count once; a list overrides both.
+        std::fs::write(
+            &file,
+            "admin: { address: \"127.0.0.1:9900\", token_file: t.token, peers: [\"http://127.0.0.1:9901/\", \"127.0.0.1:9902\", \"127.0.0.1:9902\"] }\n",
+        )
+        .unwrap();
+        let f = resolve(&file, None, None).unwrap();
+        let ports: Vec<u16> = f.members.iter().map(|m| m.address.port()).collect();
+        assert_eq!(ports, [9901, 9902]);
+        assert!(!f.is_single());
+        assert_eq!(f.prefix(&f.members[0]), "http://127.0.0.1:9901/: ");
+        let f = resolve(&file, Some("127.0.0.1:1, 127.0.0.1:2"), None).unwrap();
+        assert_eq!(f.members.len(), 2);
+        assert!(matches!(
+            resolve(&file, Some("127.0.0.1:1,not an endpoint"), None),
+            Err(ClientError::BadEndpoint(_))
+        ));
         std::fs::write(&file, "listeners: []\n").unwrap();
         assert!(matches!(
-            AdminClient::resolve(&file, None, None),
+            resolve(&file, None, None),
             Err(ClientError::NoAddress(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn status(states: &[(&str, BackendState, usize)]) -> Status {
+        Status {
+            pools: vec![PoolStatus {
+                name: "chat".into(),
+                rebalance: "keep".into(),
+                discovery: None,
+                backends: states
+                    .iter()
+                    .map(|(id, state, connections)| BackendStatus {
+                        id: id.to_string(),
+                        address: Some("127.0.0.1:1".into()),
+                        weight: Some(1),
+                        state: *state,
+                        connections: *connections,
+                        pending_closes: 0,
+                    })
+                    .collect(),
+            }],
+            reload: None,
+            shutting_down: false,
+            certificates: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn fleet_table_has_a_row_per_replica_backend_and_names_disagreements() {
+        let a = status(&[
+            ("b1", BackendState::Active, 3),
+            ("b2", BackendState::Draining, 1),
+        ]);
+        let b = status(&[
+            ("b1", BackendState::Active, 4),
+            ("b2", BackendState::Active, 2),
+        ]);
+        let table = fleet_status_table(&[
+            ("A".into(), Ok(a.clone())),
+            ("B".into(), Ok(b)),
+            ("C".into(), Err("cannot reach the admin API".into())),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("REPLICA  POOL  BACKEND  STATE"),
+            "{table}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("A ")).count(),
+            2,
+            "{table}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("B ")).count(),
+            2,
+            "{table}"
+        );
+        assert!(
+            lines.contains(&"C        UNREACHABLE: cannot reach the admin API"),
+            "{table}"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("replicas disagree on chat/b2: draining on A; active on B"),
+            "{table}"
+        );
+        // Agreeing replicas: no such line. One replica: the plain table.
+        let agree = fleet_status_table(&[("A".into(), Ok(a.clone())), ("B".into(), Ok(a.clone()))]);
+        assert!(!agree.contains("disagree"), "{agree}");
+        assert!(status_table(&a)
+            .starts_with("POOL  BACKEND  STATE     CONNS  PENDING  WEIGHT  ADDRESS\n"));
     }
 }

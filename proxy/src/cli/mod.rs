@@ -1,4 +1,4 @@
-//! The `wsgate` command line. `run`, `check` and `gen-cert` work locally;
+//! The `wsgate` command line. `run`, `check`, `route` and `gen-cert` work locally;
 //! `status`, `drain`, `undrain`, `backend` and `reload` are clients of a
 //! running wsgate's admin API ([`adminclient`]), speaking its own types
 //! (`control::api`). The binary's `main` only sets up logging and the
@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | this one | the commands and their exit codes | process |
 //! | [`adminclient`] | the admin API client, progress bar and status table | network |
+//! | [`route`] | `wsgate route`: a routing decision explained from the config | files |
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,10 +19,13 @@ use clap::{Args, Parser, Subcommand};
 use http::Method;
 
 pub mod adminclient;
+mod route;
 
 use crate::config::{defaults, units::parse_duration, Config, ConfigError};
-use crate::control::api::{AddRequest, Added, Closing, DrainRequest, ReloadOutcome, Undrained};
-use adminclient::{status_table, AdminClient};
+use crate::control::api::{
+    AddRequest, Added, Closing, DrainRequest, ReloadOutcome, Status, Undrained,
+};
+use adminclient::{fleet_status_table, status_table, AdminClient, ClientError, Fleet};
 
 #[derive(Parser)]
 #[command(
@@ -51,8 +55,10 @@ struct ConfigArg {
 struct AdminArgs {
     #[command(flatten)]
     config: ConfigArg,
-    /// Admin API address (default: `admin.address` from the config).
-    #[arg(long, env = "WSGATE_ADMIN")]
+    /// Admin API address, or several separated by commas to act on every
+    /// replica at once (default: `admin.peers`, else `admin.address`, from
+    /// the config). A host name stands for every address it resolves to.
+    #[arg(long, env = "WSGATE_ADMIN", value_name = "HOST:PORT[,HOST:PORT...]")]
     admin: Option<String>,
     /// Bearer token (default: the contents of `admin.token_file`).
     #[arg(long, env = "WSGATE_ADMIN_TOKEN", hide_env_values = true)]
@@ -88,6 +94,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Where a request goes and why: route, sticky key, backend and runner-up
+    /// (the backend it gets if that one is drained), from the config alone.
+    Route(route::RouteArgs),
     /// Write a self-signed development certificate for localhost.
     GenCert {
         #[arg(long, default_value = "certs/dev.crt")]
@@ -160,21 +169,35 @@ enum BackendAction {
     },
 }
 
-/// EX_USAGE from sysexits.h: the proxy was given a config it cannot run.
-const EXIT_BAD_CONFIG: u8 = 64;
+/// EX_USAGE from sysexits.h: bad arguments, or a config the proxy cannot run.
+const EXIT_USAGE: u8 = 64;
 /// `--wait` gave up.
 const EXIT_TIMEOUT: u8 = 2;
 
 /// Runs the command line; `allocator` describes the binary's allocator
 /// for the start-up log.
 pub fn main(allocator: &str) -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` go to stdout with 0; a usage error is
+        // EX_USAGE, not clap's 2, which `drain --wait` uses for a timeout.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
         Command::Run {
             config,
             threads,
             upgrade,
         } => run(&config.config, threads, upgrade, allocator),
         Command::Check { config } => check(&config.config),
+        Command::Route(args) => route::run(&args),
         Command::GenCert { cert, key } => match crate::edge::tls::generate_dev_cert(&cert, &key) {
             Ok(()) => {
                 println!("wrote {} and {}", cert.display(), key.display());
@@ -213,7 +236,7 @@ fn run(path: &Path, threads: Option<usize>, upgrade: bool, allocator: &str) -> E
         Ok(c) => c,
         Err(e) => {
             report_config_error(&e);
-            return ExitCode::from(EXIT_BAD_CONFIG);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if let Some(t) = threads {
@@ -270,45 +293,168 @@ fn split_backend(text: &str) -> anyhow::Result<(&str, &str)> {
     }
 }
 
-fn connect(a: &AdminArgs) -> anyhow::Result<AdminClient> {
-    Ok(AdminClient::resolve(
-        &a.config.config,
-        a.admin.as_deref(),
-        a.token.as_deref(),
-    )?)
+async fn fleet(a: &AdminArgs) -> anyhow::Result<Fleet> {
+    Ok(Fleet::resolve(&a.config.config, a.admin.as_deref(), a.token.as_deref()).await?)
 }
 
+/// One replica's failure on stderr, named when there are several.
+fn report(fleet: &Fleet, name: &str, e: &ClientError) {
+    if fleet.is_single() {
+        eprintln!("wsgate: {e}");
+    } else {
+        eprintln!("wsgate: {name}: {e}");
+    }
+}
+
+/// Runs `call` on every replica at once and reports each failure (an
+/// endpoint that did not resolve counts as one). Returns the answers, and
+/// whether every replica gave one.
+async fn on_fleet<'a, T, F, Fut>(fleet: &'a Fleet, call: F) -> (Vec<(&'a AdminClient, T)>, bool)
+where
+    F: Fn(&'a AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut all = true;
+    for (name, e) in &fleet.unresolved {
+        report(fleet, name, e);
+        all = false;
+    }
+    let mut answers = Vec::new();
+    for (member, answer) in fleet.each(call).await {
+        match answer {
+            Ok(t) => answers.push((member, t)),
+            Err(e) => {
+                report(fleet, &member.name, &e);
+                all = false;
+            }
+        }
+    }
+    (answers, all)
+}
+
+fn exit(all_succeeded: bool) -> ExitCode {
+    if all_succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// With `--wait`, one progress bar for `pool/id` across the replicas that
+/// took the command. Exit 1 if any replica failed (now or before), else 2
+/// on timeout, else 0.
 async fn wait_if_asked(
-    c: &AdminClient,
+    fleet: &Fleet,
+    took: Vec<AdminClient>,
     pool: &str,
     id: &str,
     wait: &WaitArgs,
-) -> anyhow::Result<ExitCode> {
-    if !wait.wait {
-        return Ok(ExitCode::SUCCESS);
+    all_succeeded: bool,
+) -> ExitCode {
+    if !wait.wait || took.is_empty() {
+        return exit(all_succeeded);
     }
-    if c.wait_empty(pool, id, wait.timeout).await? {
-        println!("{pool}/{id}: no connections left");
-        Ok(ExitCode::SUCCESS)
+    let outcome = adminclient::wait_empty(&took, pool, id, wait.timeout).await;
+    for (name, e) in &outcome.failed {
+        report(fleet, name, e);
+    }
+    let all_succeeded = all_succeeded && outcome.failed.is_empty();
+    let on = if fleet.is_single() {
+        String::new()
     } else {
+        format!(" on {} replicas", took.len() - outcome.failed.len())
+    };
+    if outcome.empty {
+        println!("{pool}/{id}: no connections left{on}");
+    } else if outcome.failed.len() < took.len() {
         eprintln!(
-            "wsgate: {pool}/{id} still has connections after {:?}",
+            "wsgate: {pool}/{id} still has connections{on} after {:?}",
             wait.timeout
         );
-        Ok(ExitCode::from(EXIT_TIMEOUT))
     }
+    match (all_succeeded, outcome.empty) {
+        (false, _) => ExitCode::FAILURE,
+        (true, false) => ExitCode::from(EXIT_TIMEOUT),
+        (true, true) => ExitCode::SUCCESS,
+    }
+}
+
+/// A drain or a removal (`call`: method, path, body) of `pool/id` on every
+/// replica, each one's answer as `POOL/ID: DONE, closing N connections`,
+/// then the wait if asked.
+async fn close_backend(
+    fleet: &Fleet,
+    call: (Method, &str, Option<&impl serde::Serialize>),
+    (pool, id): (&str, &str),
+    done: &str,
+    wait: &WaitArgs,
+) -> ExitCode {
+    let (method, path, body) = call;
+    let (answers, all) = on_fleet(fleet, |c| c.call::<Closing>(method.clone(), path, body)).await;
+    for (member, reply) in &answers {
+        println!(
+            "{}{pool}/{id}: {done}, closing {} connections",
+            fleet.prefix(member),
+            reply.closing
+        );
+    }
+    let took = answers.into_iter().map(|(m, _)| m.clone()).collect();
+    wait_if_asked(fleet, took, pool, id, wait, all).await
+}
+
+/// `status` of several replicas: one table with a REPLICA column, or a
+/// JSON array of `{"admin", "status"}` / `{"admin", "error"}`.
+async fn fleet_status(fleet: &Fleet, json: bool) -> ExitCode {
+    let mut replicas: Vec<(String, Result<Status, String>)> = Vec::new();
+    for (member, answer) in fleet.each(|c| c.status()).await {
+        replicas.push((member.name.clone(), answer.map_err(|e| e.to_string())));
+    }
+    for (name, e) in &fleet.unresolved {
+        replicas.push((name.clone(), Err(e.to_string())));
+    }
+    let all = replicas.iter().all(|(_, r)| r.is_ok());
+    if json {
+        let list: Vec<serde_json::Value> = replicas
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(s) => serde_json::json!({ "admin": name, "status": s }),
+                Err(e) => serde_json::json!({ "admin": name, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        print!("{}", fleet_status_table(&replicas));
+        for (name, r) in &replicas {
+            if let Err(e) = r {
+                eprintln!("wsgate: {name}: {e}");
+            }
+        }
+    }
+    exit(all)
 }
 
 async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Status { admin, json } => {
-            let c = connect(&admin)?;
-            if json {
-                println!("{}", c.call_text(Method::GET, "/v1/status").await?);
-            } else {
-                print!("{}", status_table(&c.status().await?));
+            let fleet = fleet(&admin).await?;
+            if !fleet.is_single() {
+                return Ok(fleet_status(&fleet, json).await);
             }
-            Ok(ExitCode::SUCCESS)
+            let all = if json {
+                let (answers, all) =
+                    on_fleet(&fleet, |c| c.call_text(Method::GET, "/v1/status")).await;
+                for (_, text) in answers {
+                    println!("{text}");
+                }
+                all
+            } else {
+                let (answers, all) = on_fleet(&fleet, |c| c.status()).await;
+                for (_, status) in answers {
+                    print!("{}", status_table(&status));
+                }
+                all
+            };
+            Ok(exit(all))
         }
         Command::Drain {
             backend,
@@ -318,38 +464,31 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
             admin,
         } => {
             let (pool, id) = split_backend(&backend)?;
-            let c = connect(&admin)?;
+            let fleet = fleet(&admin).await?;
             let body = DrainRequest {
                 window: window.map(|w| format!("{}ms", w.as_millis())),
                 close_code,
             };
-            let reply: Closing = c
-                .call(
-                    Method::POST,
-                    &format!("/v1/pools/{pool}/backends/{id}/drain"),
-                    Some(&body),
-                )
-                .await?;
-            println!(
-                "{pool}/{id}: draining, closing {} connections",
-                reply.closing
-            );
-            wait_if_asked(&c, pool, id, &wait).await
+            let path = format!("/v1/pools/{pool}/backends/{id}/drain");
+            let call = (Method::POST, path.as_str(), Some(&body));
+            Ok(close_backend(&fleet, call, (pool, id), "draining", &wait).await)
         }
         Command::Undrain { backend, admin } => {
             let (pool, id) = split_backend(&backend)?;
-            let reply: Undrained = connect(&admin)?
-                .call(
-                    Method::POST,
-                    &format!("/v1/pools/{pool}/backends/{id}/undrain"),
-                    None::<&()>,
-                )
-                .await?;
-            println!(
-                "{pool}/{id}: active, {} pending closes cancelled",
-                reply.cancelled
-            );
-            Ok(ExitCode::SUCCESS)
+            let fleet = fleet(&admin).await?;
+            let path = format!("/v1/pools/{pool}/backends/{id}/undrain");
+            let (answers, all) = on_fleet(&fleet, |c| {
+                c.call::<Undrained>(Method::POST, &path, None::<&()>)
+            })
+            .await;
+            for (member, reply) in answers {
+                println!(
+                    "{}{pool}/{id}: active, {} pending closes cancelled",
+                    fleet.prefix(member),
+                    reply.cancelled
+                );
+            }
+            Ok(exit(all))
         }
         Command::Backend {
             action:
@@ -361,19 +500,18 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let (pool, id) = split_backend(&backend)?;
+            let fleet = fleet(&admin).await?;
             let body = AddRequest {
                 address: address.clone(),
                 weight,
             };
-            let _: Added = connect(&admin)?
-                .call(
-                    Method::PUT,
-                    &format!("/v1/pools/{pool}/backends/{id}"),
-                    Some(&body),
-                )
-                .await?;
-            println!("{pool}/{id}: added at {address}");
-            Ok(ExitCode::SUCCESS)
+            let path = format!("/v1/pools/{pool}/backends/{id}");
+            let (answers, all) =
+                on_fleet(&fleet, |c| c.call::<Added>(Method::PUT, &path, Some(&body))).await;
+            for (member, _) in answers {
+                println!("{}{pool}/{id}: added at {address}", fleet.prefix(member));
+            }
+            Ok(exit(all))
         }
         Command::Backend {
             action:
@@ -384,24 +522,17 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let (pool, id) = split_backend(&backend)?;
-            let c = connect(&admin)?;
-            let reply: Closing = c
-                .call(
-                    Method::DELETE,
-                    &format!("/v1/pools/{pool}/backends/{id}"),
-                    None::<&()>,
-                )
-                .await?;
-            println!(
-                "{pool}/{id}: removed, closing {} connections",
-                reply.closing
-            );
-            wait_if_asked(&c, pool, id, &wait).await
+            let fleet = fleet(&admin).await?;
+            let path = format!("/v1/pools/{pool}/backends/{id}");
+            let call = (Method::DELETE, path.as_str(), None::<&()>);
+            Ok(close_backend(&fleet, call, (pool, id), "removed", &wait).await)
         }
         Command::Reload { admin } => {
-            let outcome: ReloadOutcome = connect(&admin)?
-                .call(Method::POST, "/v1/reload", None::<&()>)
-                .await?;
+            let fleet = fleet(&admin).await?;
+            let (answers, mut all) = on_fleet(&fleet, |c| {
+                c.call::<ReloadOutcome>(Method::POST, "/v1/reload", None::<&()>)
+            })
+            .await;
             let list = |l: &[String]| {
                 if l.is_empty() {
                     "none".to_string()
@@ -409,27 +540,32 @@ async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
                     l.join(", ")
                 }
             };
-            println!(
-                "reloaded: added {}; removed {}",
-                list(&outcome.added),
-                list(&outcome.removed)
-            );
-            for note in &outcome.notes {
-                println!("note: {note}");
+            for (member, outcome) in answers {
+                let p = fleet.prefix(member);
+                println!(
+                    "{p}reloaded: added {}; removed {}",
+                    list(&outcome.added),
+                    list(&outcome.removed)
+                );
+                for note in &outcome.notes {
+                    println!("{p}note: {note}");
+                }
+                for e in &outcome.certificate_errors {
+                    eprintln!("{p}certificates rejected: {e}");
+                    all = false;
+                }
+                for e in &outcome.listener_errors {
+                    eprintln!("{p}listener not started: {e}");
+                    all = false;
+                }
             }
-            if outcome.certificate_errors.is_empty() && outcome.listener_errors.is_empty() {
-                return Ok(ExitCode::SUCCESS);
-            }
-            for e in &outcome.certificate_errors {
-                eprintln!("certificates rejected: {e}");
-            }
-            for e in &outcome.listener_errors {
-                eprintln!("listener not started: {e}");
-            }
-            Ok(ExitCode::FAILURE)
+            Ok(exit(all))
         }
-        Command::Run { .. } | Command::Check { .. } | Command::GenCert { .. } => {
-            bail!("`run`, `check` and `gen-cert` do not talk to a running wsgate")
+        Command::Run { .. }
+        | Command::Check { .. }
+        | Command::Route(_)
+        | Command::GenCert { .. } => {
+            bail!("`run`, `check`, `route` and `gen-cert` do not talk to a running wsgate")
         }
     }
 }

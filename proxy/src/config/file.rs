@@ -36,6 +36,10 @@ pub struct FileAdmin {
     /// File holding the bearer token; `WSGATE_ADMIN_TOKEN` may be used instead.
     #[serde(default)]
     pub token_file: Option<String>,
+    /// Every replica's admin API (`host:port`, optionally `http://`), for
+    /// the CLI's fleet-wide commands; they share the token.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,9 +52,28 @@ impl HostMatch {
     }
 }
 
+/// As the config file writes it: `*` for any host, `*.example.com`, or the name.
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("*"),
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displayed_as_written() {
+        for p in ["*", "*.example.com", "api.example.com"] {
+            assert_eq!(HostMatch::parse(p).unwrap().to_string(), p);
+        }
+        assert_eq!(HostMatch::parse("").unwrap().to_string(), "*");
+    }
 
     #[test]
     fn host_patterns() {

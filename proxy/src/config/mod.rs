@@ -46,6 +46,10 @@ pub struct Admin {
     pub address: SocketAddr,
     /// Resolved against the config file's directory.
     pub token_file: Option<PathBuf>,
+    /// The admin APIs of every replica (`host:port`), which `wsgate
+    /// status|drain|undrain|reload` act on together when no `--admin` is
+    /// given. Only the CLI reads it: the running proxy ignores it.
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,10 +474,25 @@ impl Validator<'_> {
     }
 
     fn admin(&mut self, a: file::FileAdmin, base: &Path) -> Option<Admin> {
+        let mut peers = Vec::new();
+        for (i, p) in a.peers.iter().enumerate() {
+            let bare = admin_endpoint(p);
+            if valid_host_port(bare) {
+                peers.push(bare.to_string());
+            } else {
+                self.problem(
+                    &format!("admin.peers[{i}]"),
+                    format!(
+                        "`{p}` is not host:port (e.g. 10.0.0.5:9900 or wsgate-admin.ns.svc:9900)"
+                    ),
+                );
+            }
+        }
         match a.address.parse::<SocketAddr>() {
             Ok(address) => Some(Admin {
                 address,
                 token_file: a.token_file.map(|t| base.join(t)),
+                peers,
             }),
             Err(_) => {
                 self.problem(
@@ -939,6 +958,14 @@ fn normal_prefix(prefix: &str) -> bool {
             .iter()
             .enumerate()
             .all(|(i, s)| !matches!(*s, "." | "..") && (!s.is_empty() || i == segments.len() - 1))
+}
+
+/// An admin endpoint as `host:port`: `http://` and a trailing `/` are
+/// optional around it (`admin.peers`, `--admin`).
+pub fn admin_endpoint(text: &str) -> &str {
+    let text = text.trim();
+    let text = text.strip_prefix("http://").unwrap_or(text);
+    text.strip_suffix('/').unwrap_or(text)
 }
 
 pub fn valid_host_port(address: &str) -> bool {

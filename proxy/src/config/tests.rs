@@ -344,3 +344,21 @@ fn dns_names() {
         assert!(!valid_dns_name(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn admin_peers_are_host_ports_located_when_wrong() {
+    let src = format!(
+        "{GOOD}admin:\n  address: \"127.0.0.1:9900\"\n  peers:\n    - \"http://10.0.0.5:9900\"\n    - \"not a host\"\n"
+    );
+    let p = problems(&src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, "admin.peers[1]");
+    let line = src.lines().position(|l| l.contains("not a host")).unwrap() + 1;
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{}",
+        p[0].location
+    );
+    let c = parse(&format!("{GOOD}admin: {{ address: \"127.0.0.1:9900\" }}\n")).unwrap();
+    assert!(c.admin.unwrap().peers.is_empty(), "no peers by default");
+}

@@ -1,6 +1,7 @@
 //! The admin API, served on its own address (loopback by default) from the
-//! control runtime. Every call needs `Authorization: Bearer <token>`; a
-//! missing or wrong token gets 401 and changes nothing. The token comes
+//! control runtime. Every call but `GET /healthz` needs
+//! `Authorization: Bearer <token>`; a missing or wrong token gets 401 and
+//! changes nothing. The token comes
 //! from `WSGATE_ADMIN_TOKEN` or `admin.token_file` (created with a random
 //! token, mode 0600, if missing), is compared in constant time, and is never
 //! logged.
@@ -14,7 +15,12 @@
 //! | DELETE | `/v1/pools/{pool}/backends/{id}` | remove: drain, then forget |
 //! | POST | `/v1/reload` | re-read the config file |
 //! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/healthz` | no token: 200 `{"ok":true}` while serving, 503 once shutting down (readiness probes) |
 //!
+//! `/healthz` is open because a probe (a kubelet's) has no token. It tells
+//! nothing but "the control task answers, and wsgate is not shutting
+//! down", and it is served under the same connection cap and timeouts as
+//! every other call.
 //! No client, with or without a token, can hold the server: a request head
 //! must arrive within [`HEADER_TIMEOUT`] of the connection opening or of
 //! the previous response, a body within [`BODY_TIMEOUT`] (else 408), a
@@ -383,6 +389,9 @@ async fn handle(
     stats: &Stats,
     req: Request<Incoming>,
 ) -> Reply {
+    if req.method() == Method::GET && req.uri().path() == "/healthz" {
+        return health(control).await;
+    }
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -419,6 +428,20 @@ async fn handle(
     };
     match route(control, stats, &method, &segments, &body).await {
         Ok(reply) => reply,
+        Err(e) => Reply::error(error_status(&e), e.to_string()),
+    }
+}
+
+/// `GET /healthz`: ready while the control task answers and wsgate is
+/// not shutting down. 503 during a shutdown takes the replica out of a
+/// Service's endpoints while its connections close.
+async fn health(control: &ControlHandle) -> Reply {
+    match control.status().await {
+        Ok(s) if s.shutting_down => Reply::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "ok": false, "shutting_down": true }),
+        ),
+        Ok(_) => Reply::json(StatusCode::OK, &serde_json::json!({ "ok": true })),
         Err(e) => Reply::error(error_status(&e), e.to_string()),
     }
 }

@@ -58,6 +58,13 @@ impl Change {
 /// Whether a pool present in both configs changed its drain, rebalance,
 /// Origin or PROXY protocol policy (pools that come or go show as their
 /// backends).
+/// What of `admin` the running process uses: where it listens, and its token.
+fn admin_socket(c: &Config) -> Option<(std::net::SocketAddr, Option<&std::path::Path>)> {
+    c.admin
+        .as_ref()
+        .map(|a| (a.address, a.token_file.as_deref()))
+}
+
 fn pool_policies_differ(old: &Config, new: &Config) -> bool {
     new.pools.iter().any(|p| {
         old.pool(&p.name).is_some_and(|o| {
@@ -155,7 +162,8 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
             "trusted_proxies",
             old.trusted_proxies != new.trusted_proxies,
         ),
-        ("admin", old.admin != new.admin),
+        // `admin.peers` is only read by the CLI: changing it needs no restart.
+        ("admin", admin_socket(old) != admin_socket(new)),
         ("runtime", old.runtime != new.runtime),
     ];
     for list in [&mut removed, &mut changed, &mut added] {
@@ -282,19 +290,37 @@ mod tests {
             !changes.iter().any(Change::needs_restart),
             "listeners start and stop by reload"
         );
-        let admin = Config::from_source(
-            "listeners: [{name: a, address: \"127.0.0.1:0\"}]\nroutes: [{pool: chat}]\n\
-             pools: {chat: {backends: [{id: b1, address: \"h:1\"}]}}\n\
-             admin: {address: \"127.0.0.1:0\", token_file: t}\n",
-            "t.yaml",
-            Path::new("."),
-        )
-        .unwrap();
+        let with_admin = |admin: &str| {
+            Config::from_source(
+                &format!(
+                    "listeners: [{{name: a, address: \"127.0.0.1:0\"}}]\nroutes: [{{pool: chat}}]\n\
+                     pools: {{chat: {{backends: [{{id: b1, address: \"h:1\"}}]}}}}\n\
+                     admin: {{address: \"127.0.0.1:0\", token_file: t{admin}}}\n"
+                ),
+                "t.yaml",
+                Path::new("."),
+            )
+            .unwrap()
+        };
+        let admin = with_admin("");
         let changes = diff(&old, &admin);
         assert_eq!(changes, [Change::Setting("admin")]);
         assert!(
             changes[0].needs_restart(),
             "the admin socket waits for a restart"
+        );
+        let with_peers = with_admin(", peers: [\"http://10.0.0.5:9900/\", \"w.ns.svc:9900\"]");
+        assert_eq!(
+            with_peers.admin.as_ref().map(|a| a.peers.clone()),
+            Some(vec![
+                "10.0.0.5:9900".to_string(),
+                "w.ns.svc:9900".to_string()
+            ])
+        );
+        assert_eq!(
+            diff(&admin, &with_peers),
+            [],
+            "only the CLI reads admin.peers: no restart"
         );
     }
 

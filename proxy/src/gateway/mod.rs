@@ -37,11 +37,11 @@ pub(crate) mod upstream;
 
 pub use response::ResponseProgress;
 
-use crate::config::{Config, OnMissingKey};
+use crate::config::Config;
 use crate::routing::admission::Slot;
 use crate::routing::registry::BackendConns;
 use crate::routing::snapshot::PickError;
-use crate::routing::{path, ring, route, sticky, Report, Routing};
+use crate::routing::{decide, route, Report, Routing};
 use crate::tunnel::TunnelConfig;
 use upstream::UpstreamTimeouts;
 
@@ -157,14 +157,15 @@ impl Gateway {
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req)?;
-        let path = path::normalize(req.uri().path())
-            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-        let route_index = route::find(&config.routes, &host, &path).ok_or_else(|| {
-            Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path")
-        })?;
-        let route = &config.routes[route_index];
+        let matched = decide::match_route(&config.routes, &host, req.uri().path())
+            .map_err(Refusal::undecided)?;
+        let route_index = matched.index;
+        let route = config
+            .routes
+            .get(route_index)
+            .ok_or_else(|| Refusal::undecided(decide::DecideError::NoRoute))?;
         // Forwarded as matched, so the backend serves what was routed.
-        let normalized = match path {
+        let normalized = match matched.path {
             std::borrow::Cow::Owned(p) => Some(p),
             std::borrow::Cow::Borrowed(_) => None,
         };
@@ -199,18 +200,14 @@ impl Gateway {
             }
         }
 
-        let key = match sticky::extract(&route.sticky_key, req.uri().query(), req.headers()) {
-            Some(key) => key,
-            None if route.on_missing_key == OnMissingKey::Reject => {
-                let tried: Vec<String> = route.sticky_key.iter().map(ToString::to_string).collect();
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("missing sticky key (tried {})", tried.join(", ")),
-                ));
-            }
-            None => client.addr.ip().to_string().into_bytes(),
-        };
-        let key_hash = ring::key_hash(&key);
+        let key_hash = decide::sticky_key(
+            route,
+            req.uri().query(),
+            req.headers(),
+            Some(client.addr.ip()),
+        )
+        .map_err(Refusal::undecided)?
+        .hash;
         let choice = snapshot.choose(route.pool, key_hash).map_err(|e| Refusal {
             // An empty pool is waiting for DNS: worth coming back soon.
             retry_after: (e == PickError::NoBackends).then_some(RETRY_AFTER_SECONDS),
@@ -461,6 +458,17 @@ impl Refusal {
             version_hint: false,
             retry_after: None,
         }
+    }
+
+    /// The answer to a request routing could not place.
+    fn undecided(e: decide::DecideError) -> Self {
+        use decide::DecideError as E;
+        let status = match e {
+            E::Path(_) | E::MissingKey(_) | E::NeedClientIp => StatusCode::BAD_REQUEST,
+            E::NoRoute => StatusCode::NOT_FOUND,
+            E::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal::new(status, e.to_string())
     }
 
     fn into_response(self) -> Response<Body> {

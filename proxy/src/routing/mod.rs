@@ -6,6 +6,7 @@
 //! | module | owns | I/O |
 //! |---|---|---|
 //! | [`ring`] | weighted rendezvous hashing over backend ids, xxh3 with fixed seeds, integer-only | none |
+//! | [`decide`] | one decision in pure steps (route, sticky key, backend and runner-up), shared by the gateway and `wsgate route` | none |
 //! | [`admission`] | live client connections against the process and per-IP limits; refusals | none |
 //! | [`path`] | the normal form of a request path, or why it has none | none |
 //! | [`route`] | host and path-prefix matching | none |
@@ -17,6 +18,7 @@
 use std::sync::Arc;
 
 pub(crate) mod admission;
+pub(crate) mod decide;
 pub mod path;
 pub(crate) mod registry;
 pub(crate) mod reports;

@@ -279,6 +279,20 @@ impl Ring {
         }
     }
 
+    /// The first two backends of the key's rendezvous order among the eligible ones: the one
+    /// [`pick_eligible`](Self::pick_eligible) chooses, and the one it would choose were that one
+    /// excluded too (its runner-up, where the key goes if its backend is drained). Built from
+    /// `pick_eligible` itself, so it can never disagree with what the data path picks.
+    pub fn top2_eligible(
+        &self,
+        key_hash: u64,
+        eligible: impl Fn(usize) -> bool,
+    ) -> (Option<usize>, Option<usize>) {
+        let first = self.pick_eligible(key_hash, &eligible);
+        let second = first.and_then(|f| self.pick_eligible(key_hash, |i| i != f && eligible(i)));
+        (first, second)
+    }
+
     /// Score of one backend for a key (for tests/diagnostics); higher wins.
     ///
     /// Equal scores need equal id hashes (`mix` is a bijection), so in practice only duplicate
@@ -611,6 +625,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn top2_is_the_pick_and_the_pick_without_it() {
+        let keys = keys(20_000);
+        for all in [uniform(10), weighted(10)] {
+            let ring = ring_of(&all);
+            let not_three = |i: usize| i != 3;
+            for &k in &keys {
+                let (first, second) = ring.top2_eligible(k, not_three);
+                assert_eq!(first, ring.pick_eligible(k, not_three));
+                let first = first.unwrap();
+                assert_ne!(second, Some(first));
+                assert_ne!(
+                    second,
+                    Some(3),
+                    "an ineligible backend is never the runner-up"
+                );
+                // The runner-up is where the key goes once its backend is removed.
+                let mut rest = all.clone();
+                rest.retain(|(id, _)| id != &all[first].0 && id != &all[3].0);
+                assert_eq!(
+                    second.and_then(|i| ring.id(i)),
+                    picked_id(&ring_of(&rest), k)
+                );
+            }
+        }
+        let one = Ring::new([("a", 1), ("b", 0)]);
+        assert_eq!(
+            one.top2_eligible(key_hash(b"alice"), |_| true),
+            (Some(0), None)
+        );
+        let none = Ring::new([]);
+        assert_eq!(
+            none.top2_eligible(key_hash(b"alice"), |_| true),
+            (None, None)
+        );
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub struct PoolState {
     pub conns: Vec<Arc<BackendConns>>,
 }
 
+impl PoolState {
+    /// Whether backend `index` may take new connections: the one rule of
+    /// both [`Snapshot::choose`] and [`Snapshot::top2`].
+    fn eligible(&self, index: usize) -> bool {
+        self.states
+            .get(index)
+            .is_some_and(|s| s.takes_new_connections())
+    }
+}
+
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Parallel to `config.pools`.
@@ -173,12 +183,7 @@ impl Snapshot {
         }
         let index = state
             .ring
-            .pick_eligible(key_hash, |i| {
-                state
-                    .states
-                    .get(i)
-                    .is_some_and(|s| s.takes_new_connections())
-            })
+            .pick_eligible(key_hash, |i| state.eligible(i))
             .ok_or(PickError::NoEligibleBackend)?;
         let backend = self
             .config
@@ -189,6 +194,27 @@ impl Snapshot {
             (Some(backend), Some(conns)) => Ok(Choice { backend, conns }),
             _ => Err(PickError::NoEligibleBackend),
         }
+    }
+
+    /// The backend [`pick`](Self::pick) chooses, and its runner-up: where
+    /// the key would go were that backend drained too (`wsgate route`).
+    pub fn top2(
+        &self,
+        pool: usize,
+        key_hash: u64,
+    ) -> Result<(&Backend, Option<&Backend>), PickError> {
+        let state = self.pools.get(pool).ok_or(PickError::NoEligibleBackend)?;
+        let backends = &self
+            .config
+            .pools
+            .get(pool)
+            .ok_or(PickError::NoEligibleBackend)?
+            .backends;
+        let (first, second) = state.ring.top2_eligible(key_hash, |i| state.eligible(i));
+        let first = first
+            .and_then(|i| backends.get(i))
+            .ok_or(PickError::NoEligibleBackend)?;
+        Ok((first, second.and_then(|i| backends.get(i))))
     }
 
     /// Whether a just-registered connection to `key` should be closed again
@@ -278,7 +304,20 @@ mod tests {
         }
         assert_eq!(b2_down.state(0, "b2"), Some(down));
         assert_eq!(b2_down.state(0, "b9"), None);
+        for k in 0..1000u64 {
+            let h = crate::routing::ring::key_hash(&k.to_le_bytes());
+            let (first, second) = all.top2(0, h).unwrap();
+            assert_eq!(first.id, all.pick(0, h).unwrap().id);
+            let second = second.expect("two backends, two choices");
+            assert_ne!(second.id, first.id);
+            let (only, none) = b2_down.top2(0, h).unwrap();
+            assert_eq!(
+                (only.id.as_str(), none.map(|b| b.id.as_str())),
+                ("b1", None)
+            );
+        }
         let none = Snapshot::with_states(config(), &registry, |_, _| BackendState::Draining);
+        assert!(none.top2(0, 1).is_err());
         assert_eq!(none.pick(0, 1), Err(PickError::NoEligibleBackend));
     }
 }

@@ -12,16 +12,28 @@ use crate::config::KeySource;
 
 /// Returns the first non-empty key found, in source order.
 pub fn extract(sources: &[KeySource], query: Option<&str>, headers: &HeaderMap) -> Option<Vec<u8>> {
-    sources.iter().find_map(|s| match s {
-        KeySource::Query(name) => query.and_then(|q| query_value(q, name)),
-        KeySource::Header(name) => headers
-            .get(name)
-            .map(|v| v.as_bytes().to_vec())
-            .filter(|v| !v.is_empty()),
-        KeySource::Cookie(name) => headers
-            .get_all(COOKIE)
-            .iter()
-            .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes())),
+    extract_with_source(sources, query, headers).map(|(_, key)| key)
+}
+
+/// [`extract`], with the source the key came from (for `wsgate route`).
+pub fn extract_with_source<'s>(
+    sources: &'s [KeySource],
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<(&'s KeySource, Vec<u8>)> {
+    sources.iter().find_map(|s| {
+        let key = match s {
+            KeySource::Query(name) => query.and_then(|q| query_value(q, name)),
+            KeySource::Header(name) => headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .filter(|v| !v.is_empty()),
+            KeySource::Cookie(name) => headers
+                .get_all(COOKIE)
+                .iter()
+                .find_map(|v| cookie_value(v.as_bytes(), name.as_bytes())),
+        };
+        key.map(|k| (s, k))
     })
 }
 
@@ -113,6 +125,11 @@ mod tests {
         assert_eq!(extract(&s, Some("x=1"), &h), Some(b"bob".to_vec()));
         h.remove("x-user-id");
         assert_eq!(extract(&s, None, &h), Some(b"carol".to_vec()));
+        assert_eq!(
+            extract_with_source(&s, Some("user="), &h),
+            Some((&s[2], b"carol".to_vec())),
+            "an empty query value is absent, so the cookie is used"
+        );
         h.remove(COOKIE);
         assert_eq!(extract(&s, Some("user="), &h), None);
     }
