@@ -52,7 +52,10 @@ fn started(gate: &Gate, name: &str) -> SocketAddr {
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match gate.proc.lines.recv_timeout(left) {
             Ok(line) => {
-                if let Some(addr) = line.strip_prefix(&prefix).and_then(|a| a.trim().parse().ok()) {
+                if let Some(addr) = line
+                    .strip_prefix(&prefix)
+                    .and_then(|a| a.trim().parse().ok())
+                {
                     return addr;
                 }
             }
