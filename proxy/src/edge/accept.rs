@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::config::Listener;
 use crate::gateway::{ClientInfo, Gateway};
+use crate::routing::listenerid::ListenerId;
 
 /// After accept fails for lack of descriptors, buffers or memory, the
 /// pending connection is still queued and the next accept would fail the
@@ -43,7 +44,7 @@ pub(super) struct Listening {
     pub config: Arc<Listener>,
     /// Unique per started listener, so a reload that removes one (or moves
     /// it to another address) closes exactly its connections.
-    pub id: u32,
+    pub id: Arc<ListenerId>,
     pub gateway: Arc<Gateway>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -164,7 +165,7 @@ impl Listening {
         let client = Arc::new(ClientInfo::new(
             addr,
             self.tls.is_some(),
-            (self.config.clone(), self.id),
+            (self.config.clone(), self.id.clone()),
             local,
             slot,
         ));

@@ -40,6 +40,7 @@ use super::certs::Certificates;
 use super::tls;
 use crate::config::{Config, Listener};
 use crate::gateway::Gateway;
+use crate::routing::listenerid::ListenerId;
 
 /// The kernel caps it at `net.core.somaxconn`; a reconnect storm after a
 /// deploy should queue, not be refused.
@@ -67,6 +68,8 @@ pub enum ListenerError {
 /// be taken over from the previous process, its socket bound.
 pub struct NewListener {
     config: Listener,
+    /// The stopping listener whose socket this one takes (a rename).
+    takes_over: Option<String>,
     address: SocketAddr,
     /// None: take it from the descriptors the previous process handed over
     /// (`run --upgrade`), or bind it if that process did not have it.
@@ -117,6 +120,7 @@ impl NewListener {
         };
         Ok(NewListener {
             config: config.clone(),
+            takes_over: None,
             address,
             socket,
             tls,
@@ -219,7 +223,7 @@ struct Attached {
 }
 
 struct Running {
-    id: u32,
+    id: Arc<ListenerId>,
     config: Listener,
     /// A duplicate of the accept loop's socket, to hand over to a listener
     /// that takes this one's address in a reload.
@@ -351,7 +355,10 @@ impl ListenerSet {
                         address: l.address,
                         source,
                     })?;
-                    NewListener::with_socket(l, Some(socket))?
+                    NewListener {
+                        takes_over: Some(r.config.name.clone()),
+                        ..NewListener::with_socket(l, Some(socket))?
+                    }
                 }
                 None => NewListener::bind(l, false)?,
             };
@@ -364,22 +371,30 @@ impl ListenerSet {
     pub fn commit(&self, plan: Plan) -> Committed {
         let mut inner = self.lock();
         let mut done = Committed::default();
+        let mut stopped = BTreeMap::new();
         for name in plan.stop {
             if let Some(r) = inner.running.remove(&name) {
                 r.closing.send_replace(true);
                 inner.forget_fd(&r.fd_key);
                 tracing::info!(listener = %name, "listener removed; its connections close with 1001");
-                done.stopped.push((name, r.id));
+                done.stopped.push((name.clone(), r.id.own()));
+                stopped.insert(name, r.id);
             }
         }
         for l in plan.start {
             let (name, certificates) = (l.config.name.clone(), l.certificates.clone());
+            let predecessor = l.takes_over.as_ref().and_then(|n| stopped.get(n)).cloned();
             match inner.start(l) {
-                Ok(url) => done.started.push(Started {
-                    name,
-                    url,
-                    certificates,
-                }),
+                Ok(url) => {
+                    if let (Some(old), Some(new)) = (predecessor, inner.running.get(&name)) {
+                        old.hand_over_to(new.id.clone());
+                    }
+                    done.started.push(Started {
+                        name,
+                        url,
+                        certificates,
+                    })
+                }
                 Err(e) => done.failed.push(format!("listener `{name}`: {e}")),
             }
         }
@@ -425,10 +440,10 @@ impl Inner {
             }
         }
         self.next_id += 1;
-        let id = self.next_id;
+        let id = ListenerId::new(self.next_id);
         let listening = Arc::new(Listening {
             config: Arc::new(l.config.clone()),
-            id,
+            id: id.clone(),
             gateway: attached.gateway.clone(),
             tls: l.tls,
         });

@@ -44,7 +44,8 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
             return;
         }
     };
-    let listener = ctx.client.listener_id;
+    // A rename's last connections register with the successor.
+    let listener = ctx.client.listener_id.current();
     let (guard, signal) = ctx.conns.register(ctx.key_hash, listener);
     // The backend may have stopped taking connections between routing and
     // now; such a late arrival is closed at once rather than stranded.

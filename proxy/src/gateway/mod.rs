@@ -57,7 +57,7 @@ pub struct ClientInfo {
     pub listener: Arc<crate::config::Listener>,
     /// The running listener's id, so that removing it by reload closes
     /// this connection's tunnel (`routing::registry`).
-    pub listener_id: u32,
+    pub listener_id: Arc<crate::routing::listenerid::ListenerId>,
     /// The address the client connected to, known when a pool sends PROXY
     /// protocol headers (it is their destination).
     pub local: Option<SocketAddr>,
@@ -77,7 +77,10 @@ impl ClientInfo {
     pub fn new(
         addr: SocketAddr,
         tls: bool,
-        listener: (Arc<crate::config::Listener>, u32),
+        listener: (
+            Arc<crate::config::Listener>,
+            Arc<crate::routing::listenerid::ListenerId>,
+        ),
         local: Option<SocketAddr>,
         slot: Slot,
     ) -> Self {

@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use super::upstream::HeadError;
 use super::upstream::{connect, UpstreamError, UpstreamTimeouts};
 
 /// The body of a backend's refusal (a 403, a 404 page) is relayed whole; a
@@ -29,9 +30,7 @@ use super::upstream::{connect, UpstreamError, UpstreamTimeouts};
 /// would need a timer of its own.
 pub const MAX_RELAYED_BODY: usize = 64 * 1024;
 
-/// At most this many header lines in the backend's response head, as
-/// hyper's client allowed.
-const MAX_HEADERS: usize = 100;
+use super::upstream::MAX_BACKEND_HEADERS as MAX_HEADERS;
 
 /// The backend's response head may be this long whatever the clients'
 /// `limits.max_header_bytes` (tightened against slow clients) says: a
@@ -49,19 +48,6 @@ pub enum Answer {
     },
     /// Any other final status, to relay with its body.
     Other(Response<Bytes>),
-}
-
-/// Why a backend's answer could not be read. Pure: from the bytes alone.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
-    #[error("invalid response head: {0}")]
-    Invalid(&'static str),
-    #[error("response head over {0} bytes")]
-    TooLarge(usize),
-    #[error("more than {MAX_HEADERS} header lines")]
-    TooManyHeaders,
-    #[error("invalid chunked body")]
-    Chunked,
 }
 
 /// Connects to `address`, sends `request` (a whole request head), and reads

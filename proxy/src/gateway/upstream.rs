@@ -69,10 +69,7 @@ pub enum UpstreamError {
     },
     /// The backend's answer to an upgrade could not be read (`upgrade`).
     #[error("backend {address} sent an invalid answer: {reason}")]
-    BadResponse {
-        address: String,
-        reason: super::upgrade::HeadError,
-    },
+    BadResponse { address: String, reason: HeadError },
     /// The backend refused an upgrade with a body too large to relay.
     #[error("backend {address} refused the upgrade with a body over {limit} bytes")]
     RelayTooLarge { address: String, limit: usize },
@@ -112,10 +109,9 @@ impl UpstreamError {
             | UpstreamError::Io { .. }
             | UpstreamError::UploadStalled { .. } => true,
             // A head beyond what wsgate reads may still be valid HTTP.
-            UpstreamError::BadResponse { reason, .. } => !matches!(
-                reason,
-                super::upgrade::HeadError::TooLarge(_) | super::upgrade::HeadError::TooManyHeaders
-            ),
+            UpstreamError::BadResponse { reason, .. } => {
+                !matches!(reason, HeadError::TooLarge(_) | HeadError::TooManyHeaders)
+            }
             // A valid answer, only too big for wsgate to relay.
             UpstreamError::RelayTooLarge { .. }
             | UpstreamError::LocalResources { .. }
@@ -124,6 +120,23 @@ impl UpstreamError {
         }
     }
 }
+
+/// Why a backend's answer could not be read. Pure: from the bytes alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("invalid response head: {0}")]
+    Invalid(&'static str),
+    #[error("response head over {0} bytes")]
+    TooLarge(usize),
+    #[error("more than {} header lines", MAX_BACKEND_HEADERS)]
+    TooManyHeaders,
+    #[error("invalid chunked body")]
+    Chunked,
+}
+
+/// At most this many header lines in a backend's response head (as
+/// hyper's client allowed); `upgrade` reads heads with this.
+pub const MAX_BACKEND_HEADERS: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTimeouts {

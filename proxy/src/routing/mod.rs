@@ -13,12 +13,14 @@
 //! | [`sticky`] | extracting the user key from query, header or cookie | none |
 //! | [`snapshot`] | the one immutable routing state, swapped atomically; [`BackendState`] | none |
 //! | [`registry`] | live tunnels per backend with their close signals; close counters | none |
+//! | [`listenerid`] | which running listener a connection belongs to, across a rename's socket handover | none |
 //! | [`reports`] | the bounded channel from the data path to the control task | none |
 
 use std::sync::Arc;
 
 pub(crate) mod admission;
 pub(crate) mod decide;
+pub mod listenerid;
 pub mod path;
 pub(crate) mod registry;
 pub(crate) mod reports;
