@@ -38,12 +38,16 @@ fn program() -> PathBuf {
     }
 }
 
-/// A loopback port free for both UDP and TCP (DNS uses both).
+/// A loopback port free for both UDP and TCP (DNS uses both), below
+/// Linux's ephemeral range (32768 and up): the tests restart dnsmasq on
+/// the same port, and a port from that range could meanwhile be taken by
+/// any outgoing connection on the machine.
 fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    for _ in 0..200 {
+        let port = rand::random::<u16>() % 12_000 + 20_000;
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if udp.is_ok() && tcp.is_ok() {
             return Ok(port);
         }
     }
@@ -74,6 +78,7 @@ impl Dnsmasq {
     }
 
     fn spawn(&mut self) -> Result<()> {
+        let log = self.dir.join("dnsmasq.log");
         let child = Command::new(program())
             .arg("--keep-in-foreground")
             .arg("--conf-file=/dev/null")
@@ -94,7 +99,7 @@ impl Dnsmasq {
             .arg("--log-facility=-")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("dnsmasq is installed by scripts/setup.sh --test")?;
         self.child = Some(child);
@@ -106,7 +111,8 @@ impl Dnsmasq {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                bail!("dnsmasq exited at start: {status}");
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("dnsmasq exited at start ({status}): {}", said.trim());
             }
             if Instant::now() > deadline {
                 bail!("dnsmasq did not listen on {} within {STEP:?}", self.addr);
