@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-targets_all=(frame_tracker handshake sticky_key config)
+targets_all=(frame_tracker handshake sticky_key config backend_answer)
 time_s=60
 runs=
 smoke=false
