@@ -189,12 +189,6 @@ pub struct Plan {
     start: Vec<NewListener>,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.stop.is_empty() && self.start.is_empty()
-    }
-}
-
 /// What [`ListenerSet::commit`] did, for the control task and the reload's notes.
 #[derive(Default)]
 pub struct Committed {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -56,7 +57,7 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
     drop(now);
     let end = End {
         routing: ctx.routing,
-        _client: ctx.client,
+        _slot: ctx.client.slot.clone(),
         _guard: guard,
         signal,
     };
@@ -69,7 +70,7 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
 struct End {
     routing: Arc<Routing>,
     /// The client connection's slot under the connection limits.
-    _client: Arc<crate::gateway::ClientInfo>,
+    _slot: Arc<crate::routing::admission::Slot>,
     _guard: ConnGuard,
     signal: Arc<CloseSignal>,
 }
@@ -96,7 +97,7 @@ fn spawn_tunnel(
     cfg: TunnelConfig,
     end: End,
 ) -> Result<(), &'static str> {
-    let mut rest = Rest {
+    let rest = Rest {
         backend_early: Early::new(backend.early),
         backend_tcp: backend.socket,
         cfg,
@@ -105,12 +106,7 @@ fn spawn_tunnel(
     let client = match client.downcast::<TokioIo<TcpStream>>() {
         Ok(plain) => {
             let client_early = Early::new(plain.read_buf);
-            let mut client_tcp = plain.io.into_inner();
-            spawn_in_current_span(async move {
-                let (read, write) = client_tcp.split();
-                let mut client = Side::new(read, write, client_early);
-                run_to_end(&mut client, &mut rest).await;
-            });
+            spawn_in_current_span(plain_tunnel(plain.io.into_inner(), client_early, rest));
             return Ok(());
         }
         Err(other) => other,
@@ -124,11 +120,35 @@ fn spawn_tunnel(
     // here, not in the task: a session moved inside the task would leave
     // its state behind in the task's own.
     let (read, write) = tokio::io::split(tls.io.into_inner());
-    spawn_in_current_span(async move {
+    spawn_in_current_span(tls_tunnel(read, write, client_early, rest));
+    Ok(())
+}
+
+/// The task of a plain-ws tunnel. Its size is most of an idle connection's
+/// memory: see the test `tunnel_tasks_fit_their_allocation`.
+fn plain_tunnel(
+    mut client_tcp: TcpStream,
+    client_early: Early,
+    mut rest: Rest,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let (read, write) = client_tcp.split();
         let mut client = Side::new(read, write, client_early);
         run_to_end(&mut client, &mut rest).await;
-    });
-    Ok(())
+    }
+}
+
+/// The task of a wss tunnel.
+fn tls_tunnel(
+    read: ReadHalf<TlsConn>,
+    write: WriteHalf<TlsConn>,
+    client_early: Early,
+    mut rest: Rest,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut client = Side::new(read, write, client_early);
+        run_to_end(&mut client, &mut rest).await;
+    }
 }
 
 /// Spawns `tunnel` inside the request's span when that span is enabled
@@ -164,4 +184,35 @@ where
     let mut backend = Side::new(read, write, std::mem::take(&mut rest.backend_early));
     let report = tunnel::run(client, &mut backend, &rest.cfg, &rest.end.signal).await;
     rest.end.finish(report);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    // The sizes of what the tunnel functions return, without calling them.
+    fn returned3<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn returned4<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle tunnel is its task and two socket registrations. tokio 1.x
+    /// allocates a task as one cell, aligned to 128 bytes on x86-64: a
+    /// 32-byte header, the scheduler handle and task id (16), the stage's
+    /// tag (8), the future, and a 48-byte trailer. A plain-ws future of up
+    /// to 1,176 bytes makes a 1,280-byte cell (jemalloc's size class of
+    /// the same size); 1,177 makes it 1,408, which jemalloc rounds up to
+    /// 1,536: 256 bytes more for every idle connection. Growing the
+    /// tunnel's state past this bound is a decision to make with the
+    /// idle-memory figures in BENCHMARKS.md, not an accident.
+    #[test]
+    fn tunnel_tasks_fit_their_allocation() {
+        let plain = returned3(super::plain_tunnel);
+        assert!(plain <= 1176, "plain-ws tunnel future is {plain} bytes");
+        let tls = returned4(super::tls_tunnel);
+        assert!(tls <= 1176, "wss tunnel future is {tls} bytes");
+    }
 }

@@ -40,12 +40,60 @@ use super::bufpool;
 use super::closesignal::{CloseCause, CloseSignal};
 use super::frame::{encode_close, encode_ping, find_pong, Broken, FrameTracker, Sender};
 
-#[derive(Debug, Clone, Copy)]
+/// One tunnel's timeouts and limit. Every idle tunnel's task holds it for
+/// the tunnel's whole life, so it is stored compactly: times as whole
+/// milliseconds (rounded up) in a `u32`, 24 bytes instead of 72. Times
+/// longer than 49 days saturate there, far above any sane timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelConfig {
-    pub idle: Duration,
-    pub close_timeout: Duration,
-    pub max_message_bytes: u64,
-    pub heartbeat: Option<Heartbeat>,
+    idle_ms: u32,
+    close_ms: u32,
+    /// 0: the route has no heartbeat.
+    heartbeat_interval_ms: u32,
+    heartbeat_timeout_ms: u32,
+    max_message_bytes: u64,
+}
+
+impl TunnelConfig {
+    pub fn new(
+        idle: Duration,
+        close_timeout: Duration,
+        max_message_bytes: u64,
+        heartbeat: Option<Heartbeat>,
+    ) -> Self {
+        TunnelConfig {
+            idle_ms: millis(idle),
+            close_ms: millis(close_timeout),
+            heartbeat_interval_ms: heartbeat.map_or(0, |hb| millis(hb.interval).max(1)),
+            heartbeat_timeout_ms: heartbeat.map_or(0, |hb| millis(hb.timeout)),
+            max_message_bytes,
+        }
+    }
+
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.into())
+    }
+
+    pub fn close_timeout(&self) -> Duration {
+        Duration::from_millis(self.close_ms.into())
+    }
+
+    pub fn max_message_bytes(&self) -> u64 {
+        self.max_message_bytes
+    }
+
+    pub fn heartbeat(&self) -> Option<Heartbeat> {
+        (self.heartbeat_interval_ms != 0).then(|| Heartbeat {
+            interval: Duration::from_millis(self.heartbeat_interval_ms.into()),
+            timeout: Duration::from_millis(self.heartbeat_timeout_ms.into()),
+        })
+    }
+}
+
+/// Whole milliseconds, rounded up so that a nonzero time stays nonzero.
+fn millis(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
 /// Proxy-level heartbeats toward the client (`routes[].heartbeat`).
@@ -320,8 +368,8 @@ where
             // it fires (not on every message), then the close deadline once
             // a close starts.
             let first = cfg
-                .heartbeat
-                .map_or(cfg.idle, |hb| hb.interval.min(cfg.idle));
+                .heartbeat()
+                .map_or(cfg.idle(), |hb| hb.interval.min(cfg.idle()));
             let mut timer =
                 std::pin::pin!(tokio::time::sleep_until(shared.last_activity() + first));
             let mut close_armed = false;
@@ -334,7 +382,7 @@ where
                     return Poll::Ready(false);
                 }
                 if !close_armed {
-                    if let Some(deadline) = shared.close_deadline(cfg.close_timeout) {
+                    if let Some(deadline) = shared.close_deadline(cfg.close_timeout()) {
                         close_armed = true;
                         timer.as_mut().reset(deadline);
                     }
@@ -343,7 +391,7 @@ where
                     if close_armed {
                         // Re-armed lazily: a deadline only moves later
                         // (a Close sent, an upload still moving).
-                        match shared.close_deadline(cfg.close_timeout) {
+                        match shared.close_deadline(cfg.close_timeout()) {
                             Some(deadline) if deadline > Instant::now() => {
                                 timer.as_mut().reset(deadline);
                                 continue;
@@ -352,12 +400,12 @@ where
                         }
                     }
                     let now = Instant::now();
-                    let idle_until = shared.last_activity() + cfg.idle;
+                    let idle_until = shared.last_activity() + cfg.idle();
                     if idle_until <= now {
                         shared.decide(CloseCause::Idle);
                         continue;
                     }
-                    let next = match cfg.heartbeat.map(|hb| shared.beat(hb, now)) {
+                    let next = match cfg.heartbeat().map(|hb| shared.beat(hb, now)) {
                         Some(Beat::Dead) => {
                             shared.decide(CloseCause::Heartbeat);
                             continue;
@@ -377,7 +425,7 @@ where
         // Both pumps are done (or timed out): end both TCP connections. Best
         // effort and bounded, since a peer that stopped reading can stall a
         // TLS close_notify forever.
-        let bound = Duration::from_millis(500).min(cfg.close_timeout);
+        let bound = Duration::from_millis(500).min(cfg.close_timeout());
         // A side already shut down by its pump is skipped: a second
         // shutdown is a wasted system call (ENOTCONN once the peer closed).
         if !shared.shut[Dir::ToClient as usize].load(Relaxed) {
@@ -458,11 +506,11 @@ impl<'a> Pump<'a> {
             dir,
             shared,
             early,
-            tracker: FrameTracker::new(sender, cfg.max_message_bytes),
+            tracker: FrameTracker::new(sender, cfg.max_message_bytes()),
             broken: false,
             source_closed: false,
             dst_at_boundary: true,
-            heartbeat: cfg.heartbeat.is_some(),
+            heartbeat: cfg.heartbeat().is_some(),
         }
     }
 
@@ -872,15 +920,15 @@ mod tests {
     fn idle_tunnel_state_stays_small() {
         let (a, _b) = tokio::io::duplex(64);
         let (c, _d) = tokio::io::duplex(64);
-        let cfg = TunnelConfig {
-            idle: Duration::from_secs(1),
-            close_timeout: Duration::from_secs(1),
-            max_message_bytes: 1,
-            heartbeat: Some(Heartbeat {
+        let cfg = TunnelConfig::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            1,
+            Some(Heartbeat {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(1),
             }),
-        };
+        );
         let side = |io| {
             let (read, write) = tokio::io::split(io);
             Side {
@@ -894,6 +942,31 @@ mod tests {
         let f = run(&mut a, &mut c, &cfg, &signal);
         let size = std::mem::size_of_val(&f);
         assert!(size <= 936, "tunnel future is {size} bytes");
+    }
+
+    /// The compact form keeps every time a route can configure, rounds a
+    /// sub-millisecond one up (never to "no timeout"), and saturates.
+    #[test]
+    fn tunnel_config_round_trips_its_times() {
+        let hb = Heartbeat {
+            interval: Duration::from_secs(25),
+            timeout: Duration::from_millis(1500),
+        };
+        let cfg = TunnelConfig::new(
+            Duration::from_secs(3600),
+            Duration::from_micros(10),
+            7,
+            Some(hb),
+        );
+        assert_eq!(cfg.idle(), Duration::from_secs(3600));
+        assert_eq!(cfg.close_timeout(), Duration::from_millis(1));
+        assert_eq!(cfg.max_message_bytes(), 7);
+        assert_eq!(cfg.heartbeat(), Some(hb));
+        let none = TunnelConfig::new(Duration::MAX, Duration::ZERO, 0, None);
+        assert_eq!(none.heartbeat(), None);
+        assert_eq!(none.close_timeout(), Duration::ZERO);
+        assert_eq!(none.idle(), Duration::from_millis(u32::MAX.into()));
+        assert!(std::mem::size_of::<TunnelConfig>() <= 24);
     }
 
     /// Runs a tunnel between two in-memory pipes on a runtime of its own
@@ -918,12 +991,7 @@ mod tests {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let cfg = TunnelConfig {
-                    idle: Duration::from_secs(60),
-                    close_timeout,
-                    max_message_bytes: 1 << 20,
-                    heartbeat: None,
-                };
+                let cfg = TunnelConfig::new(Duration::from_secs(60), close_timeout, 1 << 20, None);
                 let side = |io| {
                     let (read, write) = tokio::io::split(io);
                     Side::new(read, write, Early::default())
