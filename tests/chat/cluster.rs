@@ -97,9 +97,10 @@ pub fn backend_at(
     extra: &[&str],
 ) -> Result<Backend> {
     let mut cmd = Command::new(bin("chat-backend"));
-    cmd.args(["--listen", listen, "--id", id])
-        .args(extra)
-        .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or("warn".into()));
+    cmd.args(["--listen", listen, "--id", id]).args(extra).env(
+        "RUST_LOG",
+        std::env::var("CHAT_TEST_LOG").unwrap_or("warn".into()),
+    );
     match redis_url {
         Some(url) => cmd.env("CHAT_REDIS_URL", url),
         None => cmd.env_remove("CHAT_REDIS_URL"),

@@ -27,6 +27,16 @@ pub struct Node {
     proc: Option<Proc>,
 }
 
+/// One line of `CLUSTER NODES`.
+struct NodeLine {
+    id: String,
+    port: u16,
+    flags: String,
+    /// The master's id, for a replica.
+    master: String,
+    slots: Vec<(u16, u16)>,
+}
+
 /// The cluster; see the module docs.
 pub struct RedisCluster {
     pub nodes: Vec<Node>,
@@ -42,7 +52,14 @@ fn free_port() -> Result<u16> {
 /// `redis-cli -p PORT ARGS…`, bounded; its stdout, trimmed.
 pub fn cli(port: u16, args: &[&str]) -> Result<String> {
     let out = Command::new("timeout")
-        .args(["10", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "10",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .args(args)
         .output()
         .context("redis-cli must be on PATH (Debian's redis-tools)")?;
@@ -114,7 +131,12 @@ impl RedisCluster {
             let mut cmd = Command::new("redis-server");
             cmd.current_dir(&dir)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
                 .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
@@ -144,7 +166,10 @@ impl RedisCluster {
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.proc.is_some())
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.proc.is_some())
     }
 
     /// Every live node reports `cluster_state:ok`, and every replica's
@@ -165,9 +190,8 @@ impl RedisCluster {
         })
     }
 
-    /// `CLUSTER NODES` as seen by a live node: (node id, port, flags,
-    /// master id, slot ranges).
-    fn topology(&self) -> Result<Vec<(String, u16, String, String, Vec<(u16, u16)>)>> {
+    /// `CLUSTER NODES` as seen by a live node.
+    fn topology(&self) -> Result<Vec<NodeLine>> {
         let (_, seed) = self.live().next().ok_or_else(|| anyhow!("no live node"))?;
         let text = cli(seed.port, &["CLUSTER", "NODES"])?;
         let mut out = Vec::new();
@@ -190,7 +214,13 @@ impl RedisCluster {
                     Some((a.parse().ok()?, b.parse().ok()?))
                 })
                 .collect();
-            out.push((f[0].into(), port, f[2].into(), f[3].into(), slots));
+            out.push(NodeLine {
+                id: f[0].into(),
+                port,
+                flags: f[2].into(),
+                master: f[3].into(),
+                slots,
+            });
         }
         Ok(out)
     }
@@ -215,12 +245,12 @@ impl RedisCluster {
         let master = nodes
             .iter()
             .find(|n| {
-                n.2.contains("master")
-                    && !n.2.contains("fail")
-                    && n.4.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+                n.flags.contains("master")
+                    && !n.flags.contains("fail")
+                    && n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
             })
             .ok_or_else(|| anyhow!("no master serves slot {slot}"))?;
-        self.index_of(master.1)
+        self.index_of(master.port)
     }
 
     /// The replica (index) of master `i`.
@@ -229,14 +259,14 @@ impl RedisCluster {
         let port = self.nodes[i].port;
         let id = &nodes
             .iter()
-            .find(|n| n.1 == port)
+            .find(|n| n.port == port)
             .ok_or_else(|| anyhow!("node {port} not in the topology"))?
-            .0;
+            .id;
         let replica = nodes
             .iter()
-            .find(|n| &n.3 == id && !n.2.contains("fail"))
+            .find(|n| &n.master == id && !n.flags.contains("fail"))
             .ok_or_else(|| anyhow!("node {port} has no replica"))?;
-        self.index_of(replica.1)
+        self.index_of(replica.port)
     }
 
     /// Kills node `i` (SIGKILL, by PID) and waits for it to exit.

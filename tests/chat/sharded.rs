@@ -49,7 +49,10 @@ async fn cluster_rooms_on_every_shard_span_backends_and_resume_on_the_other_one(
     let mut bob = Chatter::connect(&gate1, &user_on(&ids, "chat-b", "bob"))
         .await
         .unwrap();
-    assert_eq!((alice.backend.as_str(), bob.backend.as_str()), ("chat-a", "chat-b"));
+    assert_eq!(
+        (alice.backend.as_str(), bob.backend.as_str()),
+        ("chat-a", "chat-b")
+    );
 
     let rooms = room_per_shard(&rc).unwrap();
     for room in &rooms {
@@ -78,7 +81,10 @@ async fn cluster_rooms_on_every_shard_span_backends_and_resume_on_the_other_one(
     for room in &rooms {
         let (seen_a, seen_b) = (of_room(&alice.messages, room), of_room(&bob.messages, room));
         assert_eq!(seen_a.len(), 2 * EACH, "{room}: alice gets every message");
-        assert_eq!(seen_a, seen_b, "{room}: same messages, same order, on both backends");
+        assert_eq!(
+            seen_a, seen_b,
+            "{room}: same messages, same order, on both backends"
+        );
         let owned: Vec<Msg> = seen_a.into_iter().cloned().collect();
         assert_contiguous(room, &owned, 1);
     }
@@ -95,7 +101,11 @@ async fn cluster_rooms_on_every_shard_span_backends_and_resume_on_the_other_one(
         ];
         let mut args = vec!["EXISTS"];
         args.extend(keys.iter().map(String::as_str));
-        assert_eq!(cli(master, &args).unwrap(), "3", "{room}: keys on its master");
+        assert_eq!(
+            cli(master, &args).unwrap(),
+            "3",
+            "{room}: keys on its master"
+        );
         let channel = format!("chat:{{{room}}}:events");
         let subs = cli(master, &["PUBSUB", "SHARDNUMSUB", &channel]).unwrap();
         assert_eq!(
@@ -105,10 +115,13 @@ async fn cluster_rooms_on_every_shard_span_backends_and_resume_on_the_other_one(
         );
     }
     for node in &rc.nodes {
-        assert_eq!(cli(node.port, &["PUBSUB", "NUMSUB", "chat:{room-0}:events"])
-            .unwrap()
-            .lines()
-            .nth(1), Some("0"));
+        assert_eq!(
+            cli(node.port, &["PUBSUB", "NUMSUB", "chat:{room-0}:events"])
+                .unwrap()
+                .lines()
+                .nth(1),
+            Some("0")
+        );
     }
 
     // Resume on the other backend: alice leaves chat-a, misses five
@@ -142,7 +155,10 @@ async fn cluster_rooms_on_every_shard_span_backends_and_resume_on_the_other_one(
     assert_eq!(got, ["away-1", "away-2", "away-3", "away-4", "away-5"]);
     assert_contiguous("alice", &joined.recovered, cursor.offset + 1);
     // Her resend through chat-b is recognised (the record is on the shard).
-    let again = alice.say(room, &format!("a-{room}-0"), "resent").await.unwrap();
+    let again = alice
+        .say(room, &format!("a-{room}-0"), "resent")
+        .await
+        .unwrap();
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["offset"], own_ack["offset"]);
     // And live delivery goes on.
@@ -204,7 +220,10 @@ async fn send_through(
                 }
                 break;
             }
-            assert_eq!(reply["code"], "unavailable", "only storage refusals: {reply}");
+            assert_eq!(
+                reply["code"], "unavailable",
+                "only storage refusals: {reply}"
+            );
             refused += 1;
             outage.get_or_insert((Instant::now(), None));
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -264,15 +283,21 @@ async fn failover_during_traffic(kill: bool) {
         assert_eq!(cli(replica_port, &["CLUSTER", "FAILOVER"]).unwrap(), "OK");
     }
     let wait = Duration::from_secs(15);
-    let _rc = tokio::task::spawn_blocking(move || {
-        rc.wait_master(replica, wait).map(|()| rc)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let _rc = tokio::task::spawn_blocking(move || rc.wait_master(replica, wait).map(|()| rc))
+        .await
+        .unwrap()
+        .unwrap();
     let promoted = started.elapsed();
-    let sent_a = tokio::time::timeout(3 * STEP, sender_a).await.unwrap().unwrap().unwrap();
-    let sent_b = tokio::time::timeout(3 * STEP, sender_b).await.unwrap().unwrap().unwrap();
+    let sent_a = tokio::time::timeout(3 * STEP, sender_a)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let sent_b = tokio::time::timeout(3 * STEP, sender_b)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let (mut alice, mut bob) = (sent_a.chatter, sent_b.chatter);
 
     // After the failover: one more message reaches both, live.
@@ -292,9 +317,7 @@ async fn failover_during_traffic(kill: bool) {
     acks.extend(sent_b.acks.clone());
     let lost: Vec<&String> = acks
         .iter()
-        .filter(|(id, (offset, _))| {
-            !history.iter().any(|m| &m.id == *id && m.offset == *offset)
-        })
+        .filter(|(id, (offset, _))| !history.iter().any(|m| &m.id == *id && m.offset == *offset))
         .map(|(id, _)| id)
         .collect();
     let outage = [sent_a.outage, sent_b.outage]
@@ -318,7 +341,10 @@ async fn failover_during_traffic(kill: bool) {
     assert!(lost.is_empty(), "acknowledged messages lost: {lost:?}");
     assert_eq!(history.len(), total, "each message stored exactly once");
     assert_contiguous("history", &history, 1);
-    assert_eq!(alice.messages, history, "alice received the whole history live");
+    assert_eq!(
+        alice.messages, history,
+        "alice received the whole history live"
+    );
     assert_eq!(bob.messages, history, "bob received the whole history live");
     carol.close().await;
     alice.close().await;

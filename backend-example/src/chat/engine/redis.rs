@@ -230,12 +230,17 @@ impl RedisEngine {
     }
 
     /// Refreshes the expiry of every local presence entry and sweeps the
-    /// expired entries of the rooms this backend has members in.
+    /// expired entries of the rooms this backend has members in. A room
+    /// that fails (its cluster shard is failing over) does not hold up the
+    /// others; the first error is returned.
     pub async fn maintain(&self) -> Result<(), EngineError> {
+        let mut first_error = None;
         for (room, members) in self.hub.memberships() {
             let refs: Vec<&Member> = members.iter().collect();
-            self.presence_op("refresh", &room, &refs).await?;
+            if let Err(err) = self.presence_op("refresh", &room, &refs).await {
+                first_error.get_or_insert(err);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }

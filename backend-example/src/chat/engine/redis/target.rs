@@ -83,7 +83,11 @@ mod tests {
 
     #[test]
     fn single_urls_pass_through_unchanged() {
-        for url in ["redis://127.0.0.1:6379", "redis://h/2", "unix:///tmp/r.sock"] {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://h/2",
+            "unix:///tmp/r.sock",
+        ] {
             assert_eq!(Target::parse(url), Ok(Target::Single(url.to_string())));
         }
     }
@@ -115,8 +119,14 @@ mod tests {
             ("redis+cluster://a", TargetError::NoPort("a".into())),
             ("redis+cluster://a:x", TargetError::BadPort("a:x".into())),
             ("redis+cluster://a:0", TargetError::BadPort("a:0".into())),
-            ("redis+cluster://a:1/2", TargetError::PathOrQuery("/2".into())),
-            ("redis+cluster://a:1?x=1", TargetError::PathOrQuery("?x=1".into())),
+            (
+                "redis+cluster://a:1/2",
+                TargetError::PathOrQuery("/2".into()),
+            ),
+            (
+                "redis+cluster://a:1?x=1",
+                TargetError::PathOrQuery("?x=1".into()),
+            ),
             ("rediss+cluster://a:1", TargetError::Tls),
         ];
         for (url, want) in cases {
