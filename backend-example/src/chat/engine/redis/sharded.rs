@@ -48,9 +48,9 @@ const MAX_RESYNC_DELAY: Duration = Duration::from_secs(2);
 
 /// Owns the sharded subscriber; see the module docs.
 pub struct Sharded {
-    pub conn: ClusterConnection,
-    pub pushes: mpsc::UnboundedReceiver<PushInfo>,
-    pub delivery: Delivery,
+    conn: ClusterConnection,
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    delivery: Delivery,
     /// Rooms whose subscription must be re-established.
     lost: HashSet<String>,
     resync_at: Option<Instant>,
