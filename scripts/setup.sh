@@ -4,7 +4,7 @@
 # anything already present is left alone.
 #   scripts/setup.sh          build dependencies only (cmake for pingora, make for jemalloc)
 #   scripts/setup.sh --demo   plus redis-server (so the demo's backends share rooms)
-#   scripts/setup.sh --test   plus redis-server, chromium, haproxy, dnsmasq, Python and Node test deps
+#   scripts/setup.sh --test   plus redis-server, redis-tools, chromium, haproxy, dnsmasq, Python and Node test deps
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,11 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v make >/dev/null || missing+=(make) # jemalloc's build
 if [ "$want_test" = 1 ] || [ "$want_demo" = 1 ]; then
   command -v redis-server >/dev/null || missing+=(redis-server)
+fi
+if [ "$want_test" = 1 ]; then
+  # redis-cli, which joins the Redis Cluster of tests/chat/sharded.rs
+  # (Debian's redis-server depends on it; stated for a server from elsewhere).
+  command -v redis-cli >/dev/null || missing+=(redis-tools)
 fi
 if [ "$want_test" = 1 ]; then
   command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)

@@ -17,7 +17,7 @@ use wsgate::routing::ring::{key_hash, Ring};
 use wsgate_tests::{bin, client_tls, tls_config, Backend, Gate, Proc, Ws, STEP};
 
 /// Spawns `cmd` and waits (bounded) for a stdout line `ready` accepts.
-fn spawn_until<T>(mut cmd: Command, ready: impl Fn(&str) -> Option<T>) -> Result<(Proc, T)> {
+pub fn spawn_until<T>(mut cmd: Command, ready: impl Fn(&str) -> Option<T>) -> Result<(Proc, T)> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .stdin(Stdio::null());
@@ -85,12 +85,24 @@ impl Redis {
 
 /// Starts a chat backend on `listen` with Redis (if given) and extra flags.
 pub fn backend(id: &str, listen: &str, redis: Option<&Redis>, extra: &[&str]) -> Result<Backend> {
+    backend_at(id, listen, redis.map(Redis::url).as_deref(), extra)
+}
+
+/// Starts a chat backend on `listen` with the Redis URL `redis_url` (if
+/// given, e.g. a `redis+cluster://` one) and extra flags.
+pub fn backend_at(
+    id: &str,
+    listen: &str,
+    redis_url: Option<&str>,
+    extra: &[&str],
+) -> Result<Backend> {
     let mut cmd = Command::new(bin("chat-backend"));
-    cmd.args(["--listen", listen, "--id", id])
-        .args(extra)
-        .env("RUST_LOG", "warn");
-    match redis {
-        Some(r) => cmd.env("CHAT_REDIS_URL", r.url()),
+    cmd.args(["--listen", listen, "--id", id]).args(extra).env(
+        "RUST_LOG",
+        std::env::var("CHAT_TEST_LOG").unwrap_or("warn".into()),
+    );
+    match redis_url {
+        Some(url) => cmd.env("CHAT_REDIS_URL", url),
         None => cmd.env_remove("CHAT_REDIS_URL"),
     };
     let (proc, addr) = spawn_until(cmd, |line| {

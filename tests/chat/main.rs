@@ -8,10 +8,15 @@
 //!   are stored once; trimmed history says `complete: false`;
 //! - `restart`: SIGTERM one backend under load (20 senders, 1,000 messages):
 //!   1012 closes, reconnects through wsgate, nothing lost or duplicated;
-//! - `abuse`: bad input, floods, oversize, silent clients, health checks.
+//! - `abuse`: bad input, floods, oversize, silent clients, health checks;
+//! - `sharded`: the same backends on a real Redis Cluster (`rediscluster`
+//!   starts it): rooms on every shard across backends, resume on the other
+//!   backend, and a failover of a room's master during traffic.
 
 mod abuse;
 mod cluster;
+mod rediscluster;
 mod restart;
 mod resume;
 mod rooms;
+mod sharded;

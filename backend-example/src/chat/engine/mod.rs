@@ -6,9 +6,9 @@
 //! - [`memory`]: in-process, for a single backend with nothing installed.
 //!   Rooms are not shared between backends.
 //! - [`redis`]: Redis Streams for history (capped, with explicit ids equal to
-//!   offsets), Pub/Sub for live fan-out, sorted sets for presence. Every
-//!   write is one Lua script, so offsets, de-duplication and the publish
-//!   order agree across backends.
+//!   offsets), Pub/Sub for live fan-out (sharded Pub/Sub on a Redis
+//!   Cluster), sorted sets for presence. Every write is one Lua script, so
+//!   offsets, de-duplication and the publish order agree across backends.
 //!
 //! The engine is an enum rather than a trait object: there are exactly two,
 //! and their methods are `async`.
@@ -54,6 +54,8 @@ pub enum EngineError {
     Reply(String),
     #[error("live delivery is reconnecting to redis")]
     Reconnecting,
+    #[error("bad redis url: {0}")]
+    Url(String),
 }
 
 /// The room engine in use.

@@ -6,7 +6,8 @@
 -- KEYS[1] presence zset
 -- ARGV[1] op: "join" | "leave" | "refresh" | "list"
 -- ARGV[2] entry TTL (ms), ARGV[3] channel, ARGV[4] room,
--- ARGV[5..] entries ("user conn") to add (join, refresh) or remove (leave)
+-- ARGV[5] 'PUBLISH' or 'SPUBLISH' (cluster),
+-- ARGV[6..] entries ("user conn") to add (join, refresh) or remove (leave)
 -- Returns the present users.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,7 +28,7 @@ local function live_users()
 end
 
 local function announce(kind, user)
-  redis.call('PUBLISH', ARGV[3], '{"type":"presence","room":' .. cjson.encode(ARGV[4])
+  redis.call(ARGV[5], ARGV[3], '{"type":"presence","room":' .. cjson.encode(ARGV[4])
     .. ',"' .. kind .. '":' .. cjson.encode(user) .. '}')
 end
 
@@ -47,7 +48,7 @@ for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   if op == 'leave' then
     if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
       local u = user_of(ARGV[i])

@@ -4,7 +4,9 @@
 -- KEYS[3] de-duplication key for (from, id)
 -- ARGV[1] epoch to use if the room is new, ARGV[2] history length,
 -- ARGV[3] history TTL (s), ARGV[4] de-duplication TTL (s), ARGV[5] channel,
--- ARGV[6] room, ARGV[7] from, ARGV[8] id, ARGV[9] text, ARGV[10] ts (ms, digits)
+-- ARGV[6] room, ARGV[7] from, ARGV[8] id, ARGV[9] text, ARGV[10] ts (ms, digits),
+-- ARGV[11] 'PUBLISH' (one server) or 'SPUBLISH' (cluster: sharded Pub/Sub;
+-- the channel has the room's hash tag, so it is on this script's slot)
 -- Returns {epoch, offset, duplicate (0/1)}.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -33,5 +35,5 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-1', offset), 'm
 redis.call('SET', KEYS[3], epoch .. ' ' .. string.format('%d', offset), 'EX', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[5], payload)
+redis.call(ARGV[11], ARGV[5], payload)
 return {epoch, offset, 0}
