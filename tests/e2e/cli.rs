@@ -8,7 +8,11 @@ use wsgate_tests::*;
 #[test]
 fn check_accepts_the_shipped_configs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["config/wsgate.yaml", "config/demo.yaml"] {
+    for file in [
+        "config/wsgate.yaml",
+        "config/demo.yaml",
+        "deploy/docker/wsgate.yaml",
+    ] {
         let out = Command::new(bin("wsgate"))
             .arg("check")
             .arg("-c")

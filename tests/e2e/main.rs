@@ -3,6 +3,7 @@
 
 mod admin_limits;
 mod blame;
+mod bounded;
 mod certs;
 mod cli;
 mod closes;
@@ -13,6 +14,7 @@ mod edges;
 mod failures;
 mod fleet;
 mod heartbeat;
+mod image;
 mod kubernetes;
 mod limits;
 mod listeners;

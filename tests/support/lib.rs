@@ -246,6 +246,18 @@ impl Gate {
         Gate::spawn(&bin("wsgate"), wrapper, extra, dir, yaml, listeners, None)
     }
 
+    /// Like [`Gate::launch_under`], running `program` (e.g. a copy of the
+    /// binary in an image-like layout) with its config at `dir/wsgate.yaml`.
+    pub fn launch_program(
+        program: &Path,
+        wrapper: &[&str],
+        dir: PathBuf,
+        yaml: &str,
+        listeners: usize,
+    ) -> Result<Gate> {
+        Gate::spawn(program, wrapper, &[], dir, yaml, listeners, None)
+    }
+
     /// Like [`Gate::start_in`], running `program` instead of the workspace's
     /// `wsgate` (e.g. [`native_wsgate`]).
     pub fn start_binary(

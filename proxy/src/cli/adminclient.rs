@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::control::api::{DiscoveryStatus, ErrorReply, Status};
+use crate::control::api::{BalanceStatus, DiscoveryStatus, ErrorReply, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -588,6 +588,10 @@ fn status_notes(status: &Status) -> String {
             out.push_str(&discovery_line(&p.name, d, now));
             out.push('\n');
         }
+        if let Some(b) = &p.balance {
+            out.push_str(&balance_line(&p.name, b));
+            out.push('\n');
+        }
     }
     if let Some(reload) = &status.reload {
         if !reload.ok {
@@ -618,6 +622,18 @@ fn status_notes(status: &Status) -> String {
         out.push_str("shutting down\n");
     }
     out
+}
+
+/// `bounded load chat (factor 1.25): 12 live on routable backends, bounds b1 6, b2 6, b3 6; 3 sent past their first choice`.
+pub fn balance_line(pool: &str, b: &BalanceStatus) -> String {
+    let each: Vec<String> = b.bounds.iter().map(|(id, n)| format!("{id} {n}")).collect();
+    format!(
+        "bounded load {pool} (factor {}): {} live on routable backends, bounds {}; {} sent past their first choice",
+        b.factor,
+        b.routable_connections,
+        if each.is_empty() { "none".to_string() } else { each.join(", ") },
+        b.overflow_total
+    )
 }
 
 /// `discovery chat (a chat.ns.svc): 3 backends, last answer 2s ago, 0 failures`,
@@ -756,6 +772,7 @@ mod tests {
                 name: "chat".into(),
                 rebalance: "keep".into(),
                 discovery: None,
+                balance: None,
                 backends: states
                     .iter()
                     .map(|(id, state, connections)| BackendStatus {

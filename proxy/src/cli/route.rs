@@ -342,10 +342,17 @@ struct DecisionView<'a> {
     key: KeyView,
     backend: BackendView<'a>,
     runner_up: Option<BackendView<'a>>,
+    /// The pool's `balance_factor`, when it has one: the running proxy may
+    /// then send a new connection to the runner-up (or further) when
+    /// `backend` holds more than its bound of live connections, which
+    /// this command cannot see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance_factor: Option<String>,
 }
 
 fn view<'a>(snapshot: &'a Snapshot, d: &'a Decision<'a, '_>) -> DecisionView<'a> {
     let route = snapshot.config.routes.get(d.matched.index);
+    let pool = route.and_then(|r| snapshot.config.pools.get(r.pool));
     let backend = |b: &'a Backend| BackendView {
         id: &b.id,
         address: &b.address,
@@ -354,9 +361,7 @@ fn view<'a>(snapshot: &'a Snapshot, d: &'a Decision<'a, '_>) -> DecisionView<'a>
         route: d.matched.index,
         host: route.map(|r| r.host.to_string()).unwrap_or_default(),
         path_prefix: route.map_or("", |r| r.path_prefix.as_str()),
-        pool: route
-            .and_then(|r| snapshot.config.pools.get(r.pool))
-            .map_or("", |p| p.name.as_str()),
+        pool: pool.map_or("", |p| p.name.as_str()),
         path: &d.matched.path,
         key: KeyView {
             source: d.key.from.to_string(),
@@ -365,6 +370,7 @@ fn view<'a>(snapshot: &'a Snapshot, d: &'a Decision<'a, '_>) -> DecisionView<'a>
         },
         backend: backend(d.backend),
         runner_up: d.runner_up.map(backend),
+        balance_factor: pool.and_then(|p| p.balance_factor).map(|f| f.to_string()),
     }
 }
 
@@ -404,6 +410,15 @@ fn explanation(snapshot: &Snapshot, d: &Decision<'_, '_>, drained: &[String]) ->
     }
     if !drained.is_empty() {
         out.push_str(&format!("drained    {} (--drained)\n", drained.join(", ")));
+    }
+    if let Some(f) = &v.balance_factor {
+        out.push_str(&format!(
+            "bounded    balance_factor {f}: not reflected here. The running proxy sends a new \
+             connection past {} (to the runner-up, or further down the key's order) while {} \
+             holds more than {f} times its share of live connections, which only it knows \
+             (`wsgate status` shows the bounds)\n",
+            v.backend.id, v.backend.id
+        ));
     }
     out
 }

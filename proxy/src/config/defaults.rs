@@ -11,6 +11,12 @@ pub const PATH_PREFIX: &str = "/";
 /// `pools.*.backends[].weight`.
 pub const WEIGHT: u32 = 1;
 
+/// `pools.*.balance_factor`: off, the backend is a pure function of the
+/// key and the routable backends.
+pub const BALANCE_FACTOR: Option<super::BalanceFactor> = None;
+/// [`BALANCE_FACTOR`] as the README writes it.
+pub const BALANCE_FACTOR_TEXT: &str = "off";
+
 /// `pools.*.health_check.interval`.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// `pools.*.health_check.timeout`.

@@ -136,6 +136,9 @@ pub struct FilePool {
     /// `v2`: start each backend connection with a PROXY protocol header.
     #[serde(default)]
     pub send_proxy_protocol: Option<String>,
+    /// Bounded load, e.g. `1.25`; absent is off.
+    #[serde(default)]
+    pub balance_factor: Option<f64>,
 }
 
 /// `pools.NAME.discovery`: backends from the answers of a DNS name.

@@ -7,6 +7,7 @@
 //! line:column, and all problems are reported at once. Loading does I/O only
 //! to read the file; [`Config::from_source`] is pure.
 
+mod balance;
 pub mod defaults;
 mod discovery;
 mod file;
@@ -21,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use balance::BalanceFactor;
 pub use discovery::{valid_dns_name, Discovery, RecordKind};
 pub use hostmatch::HostMatch;
 pub use keysource::KeySource;
@@ -170,6 +172,10 @@ pub struct Pool {
     /// Start each backend connection (health checks included) with a PROXY
     /// protocol v2 header, so backends see the real client.
     pub send_proxy_protocol: bool,
+    /// Bounded load: a new connection skips a backend holding more than
+    /// this times its share of the routable backends' live connections
+    /// (`routing::bounded`). None (the default): pure hashing.
+    pub balance_factor: Option<BalanceFactor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -742,6 +748,8 @@ impl Validator<'_> {
                 send_proxy_protocol,
                 ..h
             });
+            let balance_factor =
+                self.balance_factor(&format!("{path}.balance_factor"), p.balance_factor);
             out.push(Pool {
                 name,
                 backends,
@@ -751,6 +759,7 @@ impl Validator<'_> {
                 rebalance,
                 allowed_origins,
                 send_proxy_protocol,
+                balance_factor,
             });
         }
         out

@@ -362,3 +362,63 @@ fn admin_peers_are_host_ports_located_when_wrong() {
     let c = parse(&format!("{GOOD}admin: {{ address: \"127.0.0.1:9900\" }}\n")).unwrap();
     assert!(c.admin.unwrap().peers.is_empty(), "no peers by default");
 }
+
+#[test]
+fn balance_factor_is_off_by_default_and_validated_where_it_is() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.pools[0].balance_factor, defaults::BALANCE_FACTOR);
+    assert_eq!(c.pools[0].balance_factor, None);
+    let with = |v: &str| {
+        GOOD.replace(
+            "      - { id: chat-2, address: \"localhost:9002\", weight: 2 }\n",
+            &format!(
+                "      - {{ id: chat-2, address: \"localhost:9002\", weight: 2 }}\n    balance_factor: {v}\n"
+            ),
+        )
+    };
+    for (v, permille) in [
+        ("1.25", 1250),
+        ("1", 1000),
+        ("2", 2000),
+        ("100", 100_000),
+        ("1.005", 1005),
+    ] {
+        let c = parse(&with(v)).unwrap();
+        assert_eq!(
+            c.pools[0].balance_factor.map(BalanceFactor::permille),
+            Some(permille),
+            "{v}"
+        );
+    }
+    assert_eq!(parse(&with("~")).unwrap().pools[0].balance_factor, None);
+    let line = with("1")
+        .lines()
+        .position(|l| l.contains("balance_factor"))
+        .unwrap()
+        + 1;
+    for (v, says) in [
+        ("0.9", "is not a factor from 1 to 100"),
+        ("0", "is not a factor from 1 to 100"),
+        ("101", "is not a factor from 1 to 100"),
+        ("-1.5", "is not a factor from 1 to 100"),
+        (".nan", "is not a factor from 1 to 100"),
+        (".inf", "is not a factor from 1 to 100"),
+        ("1.2345", "more than three decimals"),
+    ] {
+        let p = problems(&with(v));
+        assert_eq!(p.len(), 1, "{v}: {p:?}");
+        assert_eq!(p[0].path, "pools.chat.balance_factor", "{v}");
+        assert!(p[0].message.contains(says), "{v}: {p:?}");
+        assert!(
+            p[0].location.starts_with(&format!("test.yaml:{line}:")),
+            "{v}: {p:?}"
+        );
+    }
+    // Not a number at all: serde's type error, with its position.
+    let p = problems(&with("high"));
+    assert_eq!(p[0].path, "pools.chat.balance_factor", "{p:?}");
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{p:?}"
+    );
+}

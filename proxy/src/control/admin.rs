@@ -82,7 +82,12 @@ pub fn load_token(admin: &Admin) -> Result<String, AdminError> {
         let token: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        write_private(path, &token).map_err(|e| err(format!("cannot create token file: {e}")))?;
+        write_private(path, &token).map_err(|e| {
+            err(format!(
+                "cannot create token file: {e}; {}",
+                crate::edge::tls::writable_hint(path)
+            ))
+        })?;
         tracing::warn!(path = %path.display(), "created a new admin token file");
         return Ok(token);
     }

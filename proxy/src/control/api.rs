@@ -41,6 +41,25 @@ pub struct PoolStatus {
     /// For a pool with `discovery`: how resolving its name goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryStatus>,
+    /// For a pool with `balance_factor`: the bound now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceStatus>,
+}
+
+/// A pool's bounded load in `/v1/status`, computed from this replica's
+/// live counts (another replica has its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceStatus {
+    /// `balance_factor` as the file writes it, e.g. `1.25`.
+    pub factor: String,
+    /// Live connections on the routable backends (the mean's numerator).
+    pub routable_connections: u64,
+    /// For each routable backend, the most live connections it may hold
+    /// once it takes a new one: `ceil(factor * (routable_connections + 1)
+    /// * weight / total weight)`. A backend at it sends new keys on.
+    pub bounds: std::collections::BTreeMap<String, u64>,
+    /// Requests sent past their first choice since wsgate started.
+    pub overflow_total: u64,
 }
 
 /// A pool's DNS discovery in `/v1/status`.

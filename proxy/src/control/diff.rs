@@ -55,9 +55,6 @@ impl Change {
     }
 }
 
-/// Whether a pool present in both configs changed its drain, rebalance,
-/// Origin or PROXY protocol policy (pools that come or go show as their
-/// backends).
 /// What of `admin` the running process uses: where it listens, and its token.
 fn admin_socket(c: &Config) -> Option<(std::net::SocketAddr, Option<&std::path::Path>)> {
     c.admin
@@ -65,6 +62,9 @@ fn admin_socket(c: &Config) -> Option<(std::net::SocketAddr, Option<&std::path::
         .map(|a| (a.address, a.token_file.as_deref()))
 }
 
+/// Whether a pool present in both configs changed its drain, rebalance,
+/// Origin, PROXY protocol or balance policy (pools that come or go show as their
+/// backends).
 fn pool_policies_differ(old: &Config, new: &Config) -> bool {
     new.pools.iter().any(|p| {
         old.pool(&p.name).is_some_and(|o| {
@@ -73,11 +73,13 @@ fn pool_policies_differ(old: &Config, new: &Config) -> bool {
                 o.rebalance,
                 &o.allowed_origins,
                 o.send_proxy_protocol,
+                o.balance_factor,
             ) != (
                 p.drain,
                 p.rebalance,
                 &p.allowed_origins,
                 p.send_proxy_protocol,
+                p.balance_factor,
             )
         })
     })

@@ -144,6 +144,22 @@ pub(crate) fn render(m: &Metrics) -> String {
     discovery(&mut out, &m.status);
     header(
         &mut out,
+        "wsgate_balance_overflow_total",
+        "counter",
+        "Requests (WebSocket upgrades and plain HTTP) that pools.NAME.balance_factor sent past their first-choice backend.",
+    );
+    for p in &m.status.pools {
+        if let Some(b) = &p.balance {
+            let _ = writeln!(
+                out,
+                "wsgate_balance_overflow_total{{pool=\"{}\"}} {}",
+                label(&p.name),
+                b.overflow_total
+            );
+        }
+    }
+    header(
+        &mut out,
         "wsgate_closes_total",
         "counter",
         "Sessions wsgate closed itself, by cause.",
@@ -264,6 +280,12 @@ mod tests {
                         failures_total: 4,
                         consecutive_failures: 2,
                     }),
+                    balance: Some(crate::control::api::BalanceStatus {
+                        factor: "1.25".into(),
+                        routable_connections: 7,
+                        bounds: [("b1".to_string(), 10)].into(),
+                        overflow_total: 6,
+                    }),
                 }],
                 reload: None,
                 shutting_down: false,
@@ -317,6 +339,7 @@ mod tests {
             "wsgate_discovery_up{pool=\"chat\"} 0",
             "wsgate_discovery_last_success_timestamp_seconds{pool=\"chat\"} 1700000000",
             "wsgate_discovery_failures_total{pool=\"chat\"} 4",
+            "wsgate_balance_overflow_total{pool=\"chat\"} 6",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

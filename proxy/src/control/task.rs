@@ -24,6 +24,7 @@ use crate::routing::{BackendKey, BackendState, DownReason, Report, Routing, Snap
 use crate::tunnel::frame::is_valid_close_code;
 use crate::tunnel::CloseCause;
 
+mod balance;
 mod discovered;
 
 pub(super) struct ControlTask {
@@ -754,6 +755,7 @@ impl ControlTask {
                     .to_string(),
                     backends,
                     discovery: self.discovery_status(p),
+                    balance: self.balance_status(p),
                 }
             })
             .collect();

@@ -251,7 +251,7 @@ async fn late_arrivals_on_an_ineligible_backend_are_closed() {
     let h = key_hash(b"someone");
     let id = c.routing.snapshot.load().pick(0, h).unwrap().id.clone();
     let key = BackendKey::new("chat", &id);
-    let arrival = || c.routing.snapshot.load().close_on_arrival(&key, h, 0);
+    let arrival = || c.routing.snapshot.load().close_on_arrival(&key, h, 0, None);
     assert_eq!(arrival(), None);
     c.control.drain(key.clone(), None, None).await.unwrap();
     assert_eq!(arrival(), Some(CloseCause::Drain(1012)));

@@ -51,7 +51,8 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
     // The backend may have stopped taking connections between routing and
     // now; such a late arrival is closed at once rather than stranded.
     let now = ctx.routing.snapshot.load();
-    if let Some(cause) = now.close_on_arrival(ctx.conns.key(), ctx.key_hash, listener) {
+    let first = ctx.overflowed_from.as_ref().map(|f| f.key());
+    if let Some(cause) = now.close_on_arrival(ctx.conns.key(), ctx.key_hash, listener, first) {
         signal.request(cause);
     }
     drop(now);

@@ -36,7 +36,9 @@ pub enum TlsError {
     /// Usually a key of an unsupported type, or one that does not match.
     #[error("{path}: unusable private key: {message}")]
     BadKey { path: PathBuf, message: String },
-    #[error("cannot write development certificate {path}: {source}")]
+    /// Usually a read-only directory (a container's read-only root file
+    /// system): the message says which directory must be writable.
+    #[error("cannot write development certificate {path}: {source}; {}", writable_hint(.path))]
     Write {
         path: PathBuf,
         source: std::io::Error,
@@ -45,6 +47,20 @@ pub enum TlsError {
     Generate(String),
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// What to do about a file wsgate cannot create: its directory must be
+/// writable by wsgate's user (in the container image, a volume at
+/// `/var/lib/wsgate`), or the file must be provided.
+pub fn writable_hint(path: &Path) -> String {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    format!(
+        "make {} writable by wsgate's user (mount a writable volume there), or provide the file",
+        dir.display()
+    )
 }
 
 /// Loads every certificate of a TLS listener with the SNI names it answers

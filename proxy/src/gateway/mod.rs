@@ -122,6 +122,8 @@ pub struct TunnelStart {
     /// The backend's registry entry, from the snapshot that routed it.
     pub conns: Arc<BackendConns>,
     pub key_hash: u64,
+    /// The first choice `balance_factor` skipped, if it did.
+    pub overflowed_from: Option<Arc<BackendConns>>,
     pub cfg: TunnelConfig,
     /// Keeps the client's connection slot until the tunnel ends.
     pub client: Arc<ClientInfo>,
@@ -219,6 +221,9 @@ impl Gateway {
             ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         })?;
         let backend = choice.backend;
+        if let Some(first) = choice.overflowed_from {
+            first.record_overflow();
+        }
         if let Some(max) = backend.max_connections.filter(|_| is_ws) {
             if choice.conns.count() >= max as usize {
                 self.routing
@@ -243,6 +248,7 @@ impl Gateway {
             backend = %backend.id,
             key_hash = format_args!("{key_hash:016x}"),
             ws = is_ws,
+            overflowed_from = choice.overflowed_from.map(|f| tracing::field::display(&f.key().id)),
         );
         tracing::debug!(parent: &span, method = %req.method(), path = req.uri().path(), "routed");
 
@@ -343,6 +349,7 @@ impl Gateway {
                         routing: self.routing.clone(),
                         conns: choice.conns.clone(),
                         key_hash,
+                        overflowed_from: choice.overflowed_from.cloned(),
                         cfg: tunnel_config(config, route),
                         client: client.clone(),
                     },

@@ -6,6 +6,7 @@
 //! | module | owns | I/O |
 //! |---|---|---|
 //! | [`ring`] | weighted rendezvous hashing over backend ids, xxh3 with fixed seeds, integer-only | none |
+//! | [`bounded`] | bounded load (`balance_factor`): the bound and the walk down a key's rendezvous order | none |
 //! | [`decide`] | one decision in pure steps (route, sticky key, backend and runner-up), shared by the gateway and `wsgate route` | none |
 //! | [`admission`] | live client connections against the process and per-IP limits; refusals | none |
 //! | [`path`] | the normal form of a request path, or why it has none | none |
@@ -19,6 +20,7 @@
 use std::sync::Arc;
 
 pub(crate) mod admission;
+pub(crate) mod bounded;
 pub(crate) mod decide;
 pub mod listenerid;
 pub mod path;

@@ -57,6 +57,10 @@ pub struct BackendConns {
     /// Consecutive failed connects or handshakes seen by the data path
     /// (reset by a success, passive or active).
     consecutive_failures: AtomicU32,
+    /// Requests that had this backend as first choice and were sent to
+    /// another by the pool's `balance_factor` (bumped once per such
+    /// request, never per message).
+    overflowed: AtomicU64,
 }
 
 impl BackendConns {
@@ -67,6 +71,7 @@ impl BackendConns {
             count: AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
+            overflowed: AtomicU64::new(0),
         }
     }
 
@@ -128,8 +133,15 @@ impl BackendConns {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Live tunnels: a relaxed read of the counter `register` and the
+    /// guard's drop keep, so bounded load reads it without the map lock.
     pub fn count(&self) -> usize {
         self.count.load(Relaxed)
+    }
+
+    /// The bound sent a request past this backend, its first choice.
+    pub fn record_overflow(&self) {
+        self.overflowed.fetch_add(1, Relaxed);
     }
 }
 
@@ -223,6 +235,17 @@ impl Registry {
         self.backend(key).count()
     }
 
+    /// Requests the bound sent past their first choice in `pool`, over
+    /// every backend it ever had (entries are never removed, so the sum
+    /// only grows: a Prometheus counter).
+    pub fn overflows(&self, pool: &str) -> u64 {
+        let map = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(k, _)| k.pool == pool)
+            .map(|(_, b)| b.overflowed.load(Relaxed))
+            .sum()
+    }
+
     /// The live connections of one backend.
     pub fn conns(&self, key: &BackendKey) -> Vec<ConnInfo> {
         self.backend(key)
@@ -297,6 +320,10 @@ mod tests {
         assert!(!r.close(&k, id1, CloseCause::Shutdown));
         drop(g2);
         assert_eq!(r.count(&k), 0);
-        assert_eq!(r.counts(), vec![(k, 0)]);
+        assert_eq!(r.counts(), vec![(k.clone(), 0)]);
+        r.backend(&k).record_overflow();
+        r.backend(&BackendKey::new("chat", "b2")).record_overflow();
+        r.backend(&BackendKey::new("other", "b1")).record_overflow();
+        assert_eq!((r.overflows("chat"), r.overflows("other")), (2, 1));
     }
 }

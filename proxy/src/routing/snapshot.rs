@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use super::registry::{BackendConns, BackendKey, Registry};
 use super::ring::Ring;
 use crate::config::{Backend, Config, Rebalance};
@@ -111,6 +112,10 @@ pub struct Snapshot {
 pub struct Choice<'a> {
     pub backend: &'a Backend,
     pub conns: &'a Arc<BackendConns>,
+    /// The key's first choice, when the pool's `balance_factor` sent the
+    /// request past it (its entry counts the overflow, and a tunnel that
+    /// registers late is judged against it: `close_on_arrival`).
+    pub overflowed_from: Option<&'a Arc<BackendConns>>,
 }
 
 /// Why no backend could be chosen.
@@ -171,27 +176,56 @@ impl Snapshot {
     /// The backend for `key_hash` among the pool's active backends. Draining
     /// or down backends are skipped, so only their keys move (to each key's
     /// next rendezvous choice).
+    ///
+    /// Always the pure ring, whatever the pool's `balance_factor`: where the
+    /// key belongs, which drains, rebalances and late arrivals are judged
+    /// by. Where a new request goes is [`choose`](Self::choose).
     pub fn pick(&self, pool: usize, key_hash: u64) -> Result<&Backend, PickError> {
-        self.choose(pool, key_hash).map(|c| c.backend)
+        let state = self.pools.get(pool).ok_or(PickError::NoEligibleBackend)?;
+        if state.ring.is_empty() {
+            return Err(PickError::NoBackends);
+        }
+        state
+            .ring
+            .pick_eligible(key_hash, |i| state.eligible(i))
+            .and_then(|i| self.config.pools.get(pool)?.backends.get(i))
+            .ok_or(PickError::NoEligibleBackend)
     }
 
-    /// [`pick`](Self::pick), with the backend's registry entry.
+    /// Where a new request goes: [`pick`](Self::pick)'s backend, or with
+    /// the pool's `balance_factor` the first of the key's rendezvous order
+    /// within the bound (`routing::bounded`), with the registry entry.
+    /// Without a factor no live count is read: the choice is a pure
+    /// function of the key and the snapshot.
     pub fn choose(&self, pool: usize, key_hash: u64) -> Result<Choice<'_>, PickError> {
         let state = self.pools.get(pool).ok_or(PickError::NoEligibleBackend)?;
         if state.ring.is_empty() {
             return Err(PickError::NoBackends);
         }
-        let index = state
-            .ring
-            .pick_eligible(key_hash, |i| state.eligible(i))
-            .ok_or(PickError::NoEligibleBackend)?;
-        let backend = self
+        let backends = &self
             .config
             .pools
             .get(pool)
-            .and_then(|p| p.backends.get(index));
-        match (backend, state.conns.get(index)) {
-            (Some(backend), Some(conns)) => Ok(Choice { backend, conns }),
+            .ok_or(PickError::NoEligibleBackend)?;
+        let (index, first) = match backends.balance_factor {
+            None => {
+                let index = state.ring.pick_eligible(key_hash, |i| state.eligible(i));
+                (index.ok_or(PickError::NoEligibleBackend)?, None)
+            }
+            Some(factor) => {
+                let count = |i: usize| state.conns.get(i).map_or(0, |c| c.count() as u64);
+                let b =
+                    bounded::choose(&state.ring, key_hash, |i| state.eligible(i), count, factor)
+                        .ok_or(PickError::NoEligibleBackend)?;
+                (b.index, b.overflowed().then_some(b.first))
+            }
+        };
+        match (backends.backends.get(index), state.conns.get(index)) {
+            (Some(backend), Some(conns)) => Ok(Choice {
+                backend,
+                conns,
+                overflowed_from: first.and_then(|f| state.conns.get(f)),
+            }),
             _ => Err(PickError::NoEligibleBackend),
         }
     }
@@ -223,12 +257,15 @@ impl Snapshot {
     /// connections (or, with `migrate`, its key moved) between routing and
     /// registration. Read from the snapshot current at registration, which
     /// the control task publishes before it lists the connections to close,
-    /// so a connection is either in that list or sees this.
+    /// so a connection is either in that list or sees this. `overflowed_from`
+    /// is the first choice the bound skipped when it routed: the key has
+    /// not moved while the ring still picks that one.
     pub fn close_on_arrival(
         &self,
         key: &BackendKey,
         key_hash: u64,
         listener: u32,
+        overflowed_from: Option<&BackendKey>,
     ) -> Option<CloseCause> {
         if self.shutting_down {
             return Some(CloseCause::Shutdown);
@@ -239,9 +276,9 @@ impl Snapshot {
         let pool_index = self.config.pool_index(&key.pool)?;
         let pool = &self.config.pools[pool_index];
         let code = pool.drain.close_code;
-        let still_mapped = self
-            .pick(pool_index, key_hash)
-            .is_ok_and(|b| b.id == key.id);
+        let still_mapped = self.pick(pool_index, key_hash).is_ok_and(|b| {
+            b.id == key.id || overflowed_from.is_some_and(|f| f.pool == key.pool && b.id == f.id)
+        });
         if still_mapped {
             return None;
         }
@@ -319,5 +356,50 @@ mod tests {
         let none = Snapshot::with_states(config(), &registry, |_, _| BackendState::Draining);
         assert!(none.top2(0, 1).is_err());
         assert_eq!(none.pick(0, 1), Err(PickError::NoEligibleBackend));
+    }
+
+    #[test]
+    fn the_bound_reads_live_counts_only_when_set_and_keeps_overflows_on_arrival() {
+        let src = "listeners: [{name: a, address: \"127.0.0.1:0\"}]\nroutes: [{pool: p}]\npools: {p: {rebalance: migrate, balance_factor: 1.25, backends: [{id: b1, address: \"h:1\"}, {id: b2, address: \"h:2\"}, {id: b3, address: \"h:3\"}]}}\n";
+        let on = Arc::new(Config::from_source(src, "t", Path::new(".")).unwrap());
+        let off = Arc::new(
+            Config::from_source(
+                &src.replace("balance_factor: 1.25, ", ""),
+                "t",
+                Path::new("."),
+            )
+            .unwrap(),
+        );
+        let registry = Registry::default();
+        let h = crate::routing::ring::key_hash(b"alice");
+        let pure = Snapshot::new(off, &registry);
+        let (first, second) = pure.top2(0, h).unwrap();
+        let (first, second) = (first.id.clone(), second.unwrap().id.clone());
+        // The first choice holds 9 of 9.
+        let key = BackendKey::new("p", &first);
+        let _held: Vec<_> = (0..9).map(|i| registry.register(&key, i)).collect();
+        let c = pure.choose(0, h).unwrap();
+        assert_eq!(c.backend.id, first, "off: the load does not matter");
+        assert!(c.overflowed_from.is_none());
+        let bounded = Snapshot::new(on, &registry);
+        let c = bounded.choose(0, h).unwrap();
+        assert_eq!(c.backend.id, second, "on: past the full first choice");
+        assert_eq!(
+            c.overflowed_from.map(|f| f.key().clone()),
+            Some(key.clone())
+        );
+        // Its tunnel registers on the second choice: with `migrate`, judged
+        // against the pure ring alone it would be closed on arrival.
+        let at = BackendKey::new("p", &second);
+        assert_eq!(bounded.close_on_arrival(&at, h, 0, Some(&key)), None);
+        assert_eq!(
+            bounded.close_on_arrival(&at, h, 0, None),
+            Some(CloseCause::Drain(1012)),
+            "what the overflow would have got"
+        );
+        // `pick` and the top-2 stay pure: drains and rebalances judge by
+        // them, and `wsgate route` predicts the first choice.
+        assert_eq!(bounded.pick(0, h).unwrap().id, first);
+        assert_eq!(bounded.top2(0, h).unwrap().0.id, first);
     }
 }
