@@ -7,6 +7,7 @@
 //! line:column, and all problems are reported at once. Loading does I/O only
 //! to read the file; [`Config::from_source`] is pure.
 
+pub mod accesslog;
 pub mod defaults;
 mod discovery;
 mod file;
@@ -39,6 +40,8 @@ pub struct Config {
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are appended to;
     /// from anyone else these headers are replaced. Empty: trust nobody.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `None`: no access log (the default).
+    pub access_log: Option<accesslog::AccessLog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,6 +416,7 @@ impl Validator<'_> {
         let limits = self.limits(f.limits);
         let admin = f.admin.and_then(|a| self.admin(a, base));
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
+        let access_log = f.access_log.and_then(|a| self.access_log(a, base));
         let shutdown_window = self.duration(
             "runtime.shutdown_window",
             f.runtime.shutdown_window,
@@ -437,6 +441,7 @@ impl Validator<'_> {
             },
             admin,
             trusted_proxies,
+            access_log,
         }
     }
 

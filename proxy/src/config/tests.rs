@@ -362,3 +362,41 @@ fn admin_peers_are_host_ports_located_when_wrong() {
     let c = parse(&format!("{GOOD}admin: {{ address: \"127.0.0.1:9900\" }}\n")).unwrap();
     assert!(c.admin.unwrap().peers.is_empty(), "no peers by default");
 }
+
+#[test]
+fn access_log_is_off_by_default_and_typed_when_given() {
+    assert_eq!(parse(GOOD).unwrap().access_log, None);
+    let c = parse(&format!("{GOOD}access_log: {{ to: logs/access.log }}\n")).unwrap();
+    let a = c.access_log.unwrap();
+    assert_eq!(
+        a.to,
+        accesslog::Target::File("/etc/wsgate/logs/access.log".into())
+    );
+    assert_eq!(a.format, accesslog::Format::Json);
+    assert!(!a.log_raw_key && !a.log_query);
+    let c = parse(&format!(
+        "{GOOD}access_log: {{ to: stderr, format: logfmt, log_raw_key: true }}\n"
+    ))
+    .unwrap();
+    let a = c.access_log.unwrap();
+    assert_eq!(
+        (a.to, a.format),
+        (accesslog::Target::Stderr, accesslog::Format::Logfmt)
+    );
+    assert!(a.log_raw_key);
+}
+
+#[test]
+fn a_bad_access_log_format_is_located() {
+    let src = format!("{GOOD}access_log:\n  to: stdout\n  format: xml\n");
+    let p = problems(&src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, "access_log.format");
+    let line = src.lines().position(|l| l.contains("xml")).unwrap() + 1;
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{}",
+        p[0].location
+    );
+    assert!(p[0].message.contains("logfmt"));
+}

@@ -15,6 +15,7 @@
 //! | [`upstream`] | backend connect and request with timeouts, 502/504 classification, what counts against a backend | network |
 //! | [`forwarding`] | hop-by-hop headers, `X-Forwarded-*`/`Forwarded` by trust | none |
 //! | [`response`] | the response body, watched so a client that stops reading is cut | none |
+//! | [`observed`] | a plain request's access line, refused upgrades for the metrics | none |
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 mod forwarding;
 pub(crate) mod handshake;
+mod observed;
 mod response;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;
@@ -123,6 +125,10 @@ pub struct TunnelStart {
     pub cfg: TunnelConfig,
     /// Keeps the client's connection slot until the tunnel ends.
     pub client: Arc<ClientInfo>,
+    /// The request's HTTP version, for the live-sessions gauge.
+    pub version: http::Version,
+    /// The session's access-line facts, while the access log is on.
+    pub session: Option<Box<crate::observe::record::WsSession>>,
 }
 
 /// Shared by every connection of the process.
@@ -146,10 +152,13 @@ impl Gateway {
         client: &Arc<ClientInfo>,
         req: Request<Incoming>,
     ) -> (Response<Body>, Option<Upgrade>) {
-        match self.route(client, req).await {
+        let is_ws = handshake::is_upgrade_attempt(req.headers());
+        let arrival = observed::arrive(&self.routing, client, &req, is_ws);
+        let answer = match self.route(client, req).await {
             Ok(routed) => routed,
             Err(refusal) => (refusal.into_response(), None),
-        }
+        };
+        observed::answered(&self.routing, is_ws, arrival, answer)
     }
 
     async fn route(
@@ -157,6 +166,8 @@ impl Gateway {
         client: &Arc<ClientInfo>,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Body>, Option<Upgrade>), Refusal> {
+        let arrived = std::time::Instant::now();
+        let version = req.version();
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req)?;
@@ -203,14 +214,14 @@ impl Gateway {
             }
         }
 
-        let key_hash = decide::sticky_key(
+        let sticky = decide::sticky_key(
             route,
             req.uri().query(),
             req.headers(),
             Some(client.addr.ip()),
         )
-        .map_err(Refusal::undecided)?
-        .hash;
+        .map_err(Refusal::undecided)?;
+        let key_hash = sticky.hash;
         let choice = snapshot.choose(route.pool, key_hash).map_err(|e| Refusal {
             // An empty pool is waiting for DNS: worth coming back soon.
             retry_after: (e == PickError::NoBackends).then_some(RETRY_AFTER_SECONDS),
@@ -330,10 +341,32 @@ impl Gateway {
                     head,
                     socket,
                     early,
+                    connect,
                 },
                 client_side,
                 _,
             ) => {
+                let pool = &choice.conns.key().pool;
+                let handshake = arrived.elapsed();
+                self.routing
+                    .observe
+                    .stats
+                    .handshake(pool, handshake, connect);
+                let session = config.access_log.as_ref().map(|log| {
+                    observed::session(
+                        &self.routing,
+                        log,
+                        observed::SessionStart {
+                            client,
+                            route,
+                            sticky: &sticky,
+                            version,
+                            head: head.headers(),
+                            handshake,
+                            connect,
+                        },
+                    )
+                });
                 let upgrade = Upgrade {
                     client: client_side,
                     backend: BackendSide { socket, early },
@@ -343,6 +376,8 @@ impl Gateway {
                         key_hash,
                         cfg: tunnel_config(config, route),
                         client: client.clone(),
+                        version,
+                        session,
                     },
                     span,
                 };
