@@ -4,6 +4,8 @@
 #
 #   bench/callgrind.sh OLD_WSGATE NEW_WSGATE [...]
 #   bench/callgrind.sh before=OLD_WSGATE after=NEW_WSGATE   # labelled rows
+#   bench/callgrind.sh off=WSGATE on=WSGATE,extra.yaml   # one binary, two configs:
+#       a row's YAML file is appended to the config (e.g. `access_log: ...`)
 #   OUT=bench/results/instructions.md bench/callgrind.sh ...  # also write the
 #       table there, with the date and commit; bench/compare.sh's report
 #       (BENCHMARKS.md) includes that file
@@ -61,7 +63,7 @@ measure() {
     local bin=$1 seconds=$2 field=$3; shift 3
     rm -f "$work"/cg.out.*
     WSGATE_THREADS=1 RUST_LOG=warn valgrind --tool=callgrind \
-        --callgrind-out-file="$work/cg.out.%p" "$bin" run -c "$work/w.yaml" >"$work/wsgate.log" 2>&1 &
+        --callgrind-out-file="$work/cg.out.%p" "$bin" run -c "$config" >"$work/wsgate.log" 2>&1 &
     local p=$!
     for _ in $(seq 300); do
         ss -Hltn "sport = :$port" | grep -q . && break
@@ -89,6 +91,14 @@ table=$work/table.md
 printf '| binary | instructions per echoed message | instructions per handshake |\n|---|---|---|\n' | tee "$table"
 for arg in "$@"; do
     label=${arg%%=*} bin=${arg#*=}
+    config=$work/w.yaml
+    if [[ $bin == *,* ]]; then
+        extra=${bin#*,} bin=${bin%%,*}
+        config=$work/w-$label.yaml
+        cat "$work/w.yaml" "$extra" >"$config"
+        # Paths in the extra YAML are relative to the config's folder.
+        mkdir -p "$work/logs"
+    fi
     msg=$(per_unit "$bin" 4 12 received rate --url "ws://127.0.0.1:$port/echo?user={user}" \
         -c 20 -r 400 --size 64 --warmup 1s)
     hs=$(per_unit "$bin" 4 16 completed handshake --url "ws://127.0.0.1:$port/echo?user={user}" \

@@ -43,7 +43,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 if [ "$want_test" = 1 ]; then
-  python3 -c 'import websockets, pytest' 2>/dev/null || {
+  python3 -c 'import websockets, pytest, prometheus_client' 2>/dev/null || {
     echo "setup: installing Python test packages"
     python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
   }

@@ -6,6 +6,8 @@
 //!   key, backend, upgrade) → `tunnel` (the frame-aware splice);
 //! - routing state, written by the control plane and read by the data
 //!   path: `routing` (ring, snapshot, registry, reports);
+//! - what operators see of the sessions: `observe` (access log, session
+//!   metrics), fed by the data path once per session;
 //! - control plane: [`control`] (one task that owns all control state, the
 //!   admin API, health checks, drains, reloads, signals);
 //! - [`config`] (the file and its validation), [`cli`] (the command line),
@@ -33,6 +35,7 @@ pub mod edge;
 pub mod fuzzing;
 mod gateway;
 mod localfault;
+mod observe;
 mod process;
 pub mod proxyproto;
 pub mod routing;

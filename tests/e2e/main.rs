@@ -1,6 +1,7 @@
 //! End-to-end tests: real wsgate, real backends, real clients, loopback only.
 //! Each test starts its own processes on port 0 and kills them when done.
 
+mod access_log;
 mod admin_limits;
 mod blame;
 mod bounded;
@@ -24,4 +25,5 @@ mod proxyproto;
 mod replicas;
 mod route_cli;
 mod slowloris;
+mod status_watch;
 mod stickiness;

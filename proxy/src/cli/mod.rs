@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | this one | the commands and their exit codes | process |
 //! | [`adminclient`] | the admin API client, progress bar and status table | network |
+//! | [`watch`] | `status --watch`: the table redrawn in place until Ctrl-C | network |
 //! | [`route`] | `wsgate route`: a routing decision explained from the config | files |
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use http::Method;
 
 pub mod adminclient;
 mod route;
+mod watch;
 
 use crate::config::{defaults, units::parse_duration, Config, ConfigError};
 use crate::control::api::{
@@ -109,8 +111,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
         /// Print the raw JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the table in place until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` redraws.
+        #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
+        interval: Duration,
     },
     /// Stop sending new users to a backend and close its connections gently
     /// (a Close frame each, spread over the window).
@@ -435,8 +443,16 @@ async fn fleet_status(fleet: &Fleet, json: bool) -> ExitCode {
 
 async fn client_command(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Status { admin, json } => {
+        Command::Status {
+            admin,
+            json,
+            watch,
+            interval,
+        } => {
             let fleet = fleet(&admin).await?;
+            if watch {
+                return Ok(watch::watch(&fleet, interval).await);
+            }
             if !fleet.is_single() {
                 return Ok(fleet_status(&fleet, json).await);
             }

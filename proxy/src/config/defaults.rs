@@ -60,6 +60,13 @@ pub const MAX_DURATION_TEXT: &str = "168h (7 days)";
 /// `limits.max_message_bytes` at most: 1 GiB.
 pub const MAX_MESSAGE_BYTES: u64 = 1 << 30;
 
+/// `access_log.format`: one JSON object per line.
+pub const ACCESS_LOG_FORMAT: &str = "json";
+/// `access_log.log_raw_key`: log a keyed hash of the sticky key, not the key.
+pub const ACCESS_LOG_RAW_KEY: bool = false;
+/// `access_log.log_query`: plain HTTP paths are logged without the query.
+pub const ACCESS_LOG_QUERY: bool = false;
+
 /// `runtime.upgrade_sock`, in the temporary directory.
 pub const UPGRADE_SOCK_NAME: &str = "wsgate-upgrade.sock";
 

@@ -27,6 +27,8 @@ pub struct FileConfig {
     /// Peers (CIDR or single addresses) whose forwarding headers are kept.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub access_log: Option<super::accesslog::FileAccessLog>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,6 +8,7 @@
 //! to read the file; [`Config::from_source`] is pure.
 
 mod balance;
+pub mod accesslog;
 pub mod defaults;
 mod discovery;
 mod file;
@@ -41,6 +42,8 @@ pub struct Config {
     /// Peers whose `X-Forwarded-*`/`Forwarded` headers are appended to;
     /// from anyone else these headers are replaced. Empty: trust nobody.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `None`: no access log (the default).
+    pub access_log: Option<accesslog::AccessLog>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,6 +422,7 @@ impl Validator<'_> {
         let limits = self.limits(f.limits);
         let admin = f.admin.and_then(|a| self.admin(a, base));
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
+        let access_log = f.access_log.and_then(|a| self.access_log(a, base));
         let shutdown_window = self.duration(
             "runtime.shutdown_window",
             f.runtime.shutdown_window,
@@ -443,6 +447,7 @@ impl Validator<'_> {
             },
             admin,
             trusted_proxies,
+            access_log,
         }
     }
 

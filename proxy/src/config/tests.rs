@@ -422,3 +422,41 @@ fn balance_factor_is_off_by_default_and_validated_where_it_is() {
         "{p:?}"
     );
 }
+
+#[test]
+fn access_log_is_off_by_default_and_typed_when_given() {
+    assert_eq!(parse(GOOD).unwrap().access_log, None);
+    let c = parse(&format!("{GOOD}access_log: {{ to: logs/access.log }}\n")).unwrap();
+    let a = c.access_log.unwrap();
+    assert_eq!(
+        a.to,
+        accesslog::Target::File("/etc/wsgate/logs/access.log".into())
+    );
+    assert_eq!(a.format, accesslog::Format::Json);
+    assert!(!a.log_raw_key && !a.log_query);
+    let c = parse(&format!(
+        "{GOOD}access_log: {{ to: stderr, format: logfmt, log_raw_key: true }}\n"
+    ))
+    .unwrap();
+    let a = c.access_log.unwrap();
+    assert_eq!(
+        (a.to, a.format),
+        (accesslog::Target::Stderr, accesslog::Format::Logfmt)
+    );
+    assert!(a.log_raw_key);
+}
+
+#[test]
+fn a_bad_access_log_format_is_located() {
+    let src = format!("{GOOD}access_log:\n  to: stdout\n  format: xml\n");
+    let p = problems(&src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].path, "access_log.format");
+    let line = src.lines().position(|l| l.contains("xml")).unwrap() + 1;
+    assert!(
+        p[0].location.starts_with(&format!("test.yaml:{line}:")),
+        "{}",
+        p[0].location
+    );
+    assert!(p[0].message.contains("logfmt"));
+}

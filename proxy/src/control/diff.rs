@@ -167,6 +167,8 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Vec<Change> {
         // `admin.peers` is only read by the CLI: changing it needs no restart.
         ("admin", admin_socket(old) != admin_socket(new)),
         ("runtime", old.runtime != new.runtime),
+        // Applied by every reload (the file is reopened either way).
+        ("access_log", old.access_log != new.access_log),
     ];
     for list in [&mut removed, &mut changed, &mut added] {
         list.sort_by(|a, b| a.backend().cmp(&b.backend()));

@@ -19,6 +19,10 @@ pub(crate) struct Metrics {
     pub client_connections: (usize, usize),
     /// Connections and upgrades refused at a limit, by reason label.
     pub refused: [(&'static str, u64); 5],
+    /// Access lines dropped because the writer's queue was full.
+    pub access_log_dropped: u64,
+    /// The session metrics (`observe::stats`), already rendered.
+    pub sessions: String,
 }
 
 fn label(s: &str) -> String {
@@ -239,6 +243,18 @@ pub(crate) fn render(m: &Metrics) -> String {
             "wsgate_connections_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    header(
+        &mut out,
+        "wsgate_access_log_dropped_total",
+        "counter",
+        "Access lines dropped because the log writer could not keep up.",
+    );
+    let _ = writeln!(
+        out,
+        "wsgate_access_log_dropped_total {}",
+        m.access_log_dropped
+    );
+    out.push_str(&m.sessions);
     out
 }
 
@@ -319,6 +335,10 @@ mod tests {
                 ("x", 0),
                 ("proxy_protocol", 0),
             ],
+            access_log_dropped: 2,
+            sessions:
+                "wsgate_websocket_sessions{listener=\"public\",http_version=\"HTTP/1.1\"} 1\n"
+                    .into(),
         };
         let text = render(&m);
         for line in [
@@ -340,6 +360,8 @@ mod tests {
             "wsgate_discovery_last_success_timestamp_seconds{pool=\"chat\"} 1700000000",
             "wsgate_discovery_failures_total{pool=\"chat\"} 4",
             "wsgate_balance_overflow_total{pool=\"chat\"} 6",
+            "wsgate_access_log_dropped_total 2",
+            "wsgate_websocket_sessions{listener=\"public\",http_version=\"HTTP/1.1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

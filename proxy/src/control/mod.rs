@@ -119,6 +119,8 @@ pub(crate) enum Command {
     },
     /// Close every connection with 1001, paced over the shutdown window.
     Shutdown,
+    /// SIGUSR1: reopen the access log (after a rotation moved it).
+    ReopenLogs,
     /// One active probe's result. A result for an address the backend no
     /// longer has (its checker was replaced) is ignored.
     Probe {

@@ -1,8 +1,9 @@
 //! Runs the control plane on its own thread and single-threaded runtime, so
 //! nothing it does (reloads, health probes, admin calls) competes with the
 //! data path's worker threads: the control task, the admin API, the config
-//! file watcher, and the signals that are ours (SIGHUP reloads; SIGTERM and
-//! SIGQUIT start the paced 1001 shutdown while pingora stops accepting).
+//! file watcher, and the signals that are ours (SIGHUP reloads; SIGUSR1
+//! reopens the access log; SIGTERM and SIGQUIT start the paced 1001
+//! shutdown while pingora stops accepting).
 //! Each of them only sends commands to the control task.
 
 use std::collections::HashMap;
@@ -68,10 +69,11 @@ async fn run(
     if options.watch.is_some() {
         tokio::spawn(watch_files(control.clone(), seen));
     }
-    let (Ok(mut hup), Ok(mut term), Ok(mut quit)) = (
+    let (Ok(mut hup), Ok(mut term), Ok(mut quit), Ok(mut usr1)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
         signal(SignalKind::quit()),
+        signal(SignalKind::user_defined1()),
     ) else {
         tracing::error!("cannot install signal handlers; SIGHUP reload and paced shutdown are off");
         return std::future::pending().await;
@@ -81,6 +83,8 @@ async fn run(
             // The outcome is logged and kept for status by the task.
             _ = hup.recv() => control.tell(Command::Reload { reply: None }).await,
             _ = term.recv() => control.tell(Command::Shutdown).await,
+            // Log rotation: the access log is reopened before its next line.
+            _ = usr1.recv() => control.tell(Command::ReopenLogs).await,
             _ = quit.recv() => {
                 // Upgrade: pingora hands the listening sockets to the new
                 // process, then keeps accepting here for its CLOSE_TIMEOUT

@@ -151,6 +151,7 @@ impl ControlTask {
                 }
             }
             Command::Shutdown => self.shutdown(),
+            Command::ReopenLogs => self.routing.observe.access_log.reopen(),
             Command::Probe {
                 backend,
                 address,
@@ -179,6 +180,12 @@ impl ControlTask {
                         self.routing.admission.max_connections(&self.config.limits),
                     ),
                     refused: self.routing.admission.refusals(),
+                    access_log_dropped: self.routing.observe.access_log.dropped(),
+                    sessions: {
+                        let mut text = String::new();
+                        self.routing.observe.stats.render(&mut text);
+                        text
+                    },
                 });
             }
         }
@@ -345,6 +352,11 @@ impl ControlTask {
     /// changes alike.
     fn apply(&mut self, new: Arc<Config>, changes: &[Change]) {
         let old = std::mem::replace(&mut self.config, new);
+        // Every reload reopens the access log (rotation), wherever it goes.
+        self.routing
+            .observe
+            .access_log
+            .configure(self.config.access_log.as_ref().map(|a| &a.to));
         // Drains and health of backends that no longer exist are forgotten;
         // the rest, operator drains above all, carry over.
         let config = self.config.clone();

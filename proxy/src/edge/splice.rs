@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::tlsconn::TlsConn;
 use crate::gateway::{BackendSide, TunnelStart, Upgrade};
+use crate::observe::record::{version_name, ws_line, WsSession};
 use crate::routing::registry::ConnGuard;
 use crate::routing::Routing;
 use crate::tunnel::{self, CloseSignal, Early, Side, TunnelConfig, TunnelReport};
@@ -56,11 +57,16 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
         signal.request(cause);
     }
     drop(now);
+    ctx.routing
+        .observe
+        .stats
+        .started(&ctx.client.listener.name, version_name(ctx.version));
     let end = End {
         routing: ctx.routing,
-        _slot: ctx.client.slot.clone(),
-        _guard: guard,
+        client: ctx.client.hold.clone(),
+        guard,
         signal,
+        session: ctx.session,
     };
     if let Err(e) = spawn_tunnel(client, backend, ctx.cfg, end) {
         tracing::error!(error = e, "cannot splice the upgraded connections");
@@ -70,10 +76,15 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
 /// Keeps the tunnel registered while it runs, and records how it ended.
 struct End {
     routing: Arc<Routing>,
-    /// The client connection's slot under the connection limits.
-    _slot: Arc<crate::routing::admission::Slot>,
-    _guard: ConnGuard,
+    /// What the tunnel keeps of its client connection: its slot under the
+    /// connection limits, its listener and HTTP version (not the whole
+    /// `ClientInfo`: see `gateway::ClientHold`).
+    client: Arc<crate::gateway::ClientHold>,
+    /// Keeps the tunnel registered; names its pool and backend.
+    guard: ConnGuard,
     signal: Arc<CloseSignal>,
+    /// The access line's facts from the handshake (access log on).
+    session: Option<Box<WsSession>>,
 }
 
 impl End {
@@ -81,10 +92,37 @@ impl End {
         if let Some(cause) = report.cause {
             self.routing.registry.closes.record(cause);
         }
+        let key = self.guard.backend();
+        let version = version_name(self.client.version);
+        let observe = &self.routing.observe;
+        observe.stats.ended(
+            &self.client.listener.name,
+            version,
+            &key.pool,
+            &key.id,
+            &report,
+        );
+        if let Some(session) = &self.session {
+            // The format in force now: a reload may have changed it, or
+            // turned the log off.
+            let snapshot = self.routing.snapshot.load();
+            if let Some(log) = &snapshot.config.access_log {
+                let line = ws_line(log.format, session, &key.pool, &key.id, &report);
+                observe.access_log.send(line);
+            }
+        }
         tracing::debug!(
             cause = ?report.cause,
+            first = ?report.first,
             bytes_to_backend = report.bytes_to_backend,
             bytes_to_client = report.bytes_to_client,
+            messages_to_backend = report.messages_to_backend,
+            messages_to_client = report.messages_to_client,
+            client_close = ?report.client_close,
+            backend_close = ?report.backend_close,
+            wsgate_to_client = ?report.wsgate_to_client,
+            wsgate_to_backend = ?report.wsgate_to_backend,
+            duration_ms = report.duration.as_millis() as u64,
             discarded_frames = report.discarded_frames,
             timed_out = report.timed_out,
             "tunnel closed"

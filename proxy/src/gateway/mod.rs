@@ -15,6 +15,7 @@
 //! | [`upstream`] | backend connect and request with timeouts, 502/504 classification, what counts against a backend | network |
 //! | [`forwarding`] | hop-by-hop headers, `X-Forwarded-*`/`Forwarded` by trust | none |
 //! | [`response`] | the response body, watched so a client that stops reading is cut | none |
+//! | [`observed`] | a plain request's access line, refused upgrades for the metrics | none |
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -31,6 +32,7 @@ use tracing::Instrument;
 
 mod forwarding;
 pub(crate) mod handshake;
+mod observed;
 mod response;
 pub(crate) mod upgrade;
 pub(crate) mod upstream;
@@ -68,11 +70,9 @@ pub struct ClientInfo {
     pub in_flight: AtomicBool,
     /// The response being written on this connection, for the write timeout.
     pub response: ResponseProgress,
-    /// This connection's place under the connection limits, held until
-    /// the connection and its tunnel have both ended. The tunnel holds
-    /// this `Arc` alone, not the whole `ClientInfo`: an idle WebSocket then
-    /// keeps 48 bytes of it instead of this struct's 224.
-    pub slot: Arc<Slot>,
+    /// This connection's place under the connection limits and its
+    /// labels, held until the connection and its tunnel have both ended.
+    pub hold: Arc<ClientHold>,
 }
 
 impl ClientInfo {
@@ -95,9 +95,27 @@ impl ClientInfo {
             request_seen: AtomicBool::new(false),
             in_flight: AtomicBool::new(false),
             response: ResponseProgress::default(),
-            slot: Arc::new(slot),
+            hold: Arc::new(ClientHold {
+                listener: listener.0.clone(),
+                // A WebSocket over HTTP/1 is always an HTTP/1.1 upgrade
+                // (`handshake::validate` refuses any other version).
+                version: http::Version::HTTP_11,
+                _slot: slot,
+            }),
         }
     }
+}
+
+/// What a tunnel keeps of its client's connection for its whole life: the
+/// place under the connection limits, and the labels its end is counted
+/// under. Not the whole `ClientInfo` (224 bytes, mostly state of the HTTP
+/// exchange that an upgraded connection no longer has): one 64-byte
+/// allocation per idle WebSocket.
+#[derive(Debug)]
+pub struct ClientHold {
+    pub listener: Arc<crate::config::Listener>,
+    pub version: http::Version,
+    _slot: Slot,
 }
 
 /// A completed WebSocket handshake, for the edge to splice once both
@@ -127,6 +145,10 @@ pub struct TunnelStart {
     pub cfg: TunnelConfig,
     /// Keeps the client's connection slot until the tunnel ends.
     pub client: Arc<ClientInfo>,
+    /// The request's HTTP version, for the live-sessions gauge.
+    pub version: http::Version,
+    /// The session's access-line facts, while the access log is on.
+    pub session: Option<Box<crate::observe::record::WsSession>>,
 }
 
 /// Shared by every connection of the process.
@@ -150,10 +172,13 @@ impl Gateway {
         client: &Arc<ClientInfo>,
         req: Request<Incoming>,
     ) -> (Response<Body>, Option<Upgrade>) {
-        match self.route(client, req).await {
+        let is_ws = handshake::is_upgrade_attempt(req.headers());
+        let arrival = observed::arrive(&self.routing, client, &req, is_ws);
+        let answer = match self.route(client, req).await {
             Ok(routed) => routed,
             Err(refusal) => (refusal.into_response(), None),
-        }
+        };
+        observed::answered(&self.routing, is_ws, arrival, answer)
     }
 
     async fn route(
@@ -161,6 +186,8 @@ impl Gateway {
         client: &Arc<ClientInfo>,
         mut req: Request<Incoming>,
     ) -> Result<(Response<Body>, Option<Upgrade>), Refusal> {
+        let arrived = std::time::Instant::now();
+        let version = req.version();
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
         let host = request_host(&req)?;
@@ -207,14 +234,14 @@ impl Gateway {
             }
         }
 
-        let key_hash = decide::sticky_key(
+        let sticky = decide::sticky_key(
             route,
             req.uri().query(),
             req.headers(),
             Some(client.addr.ip()),
         )
-        .map_err(Refusal::undecided)?
-        .hash;
+        .map_err(Refusal::undecided)?;
+        let key_hash = sticky.hash;
         let choice = snapshot.choose(route.pool, key_hash).map_err(|e| Refusal {
             // An empty pool is waiting for DNS: worth coming back soon.
             retry_after: (e == PickError::NoBackends).then_some(RETRY_AFTER_SECONDS),
@@ -338,10 +365,32 @@ impl Gateway {
                     head,
                     socket,
                     early,
+                    connect,
                 },
                 client_side,
                 _,
             ) => {
+                let pool = &choice.conns.key().pool;
+                let handshake = arrived.elapsed();
+                self.routing
+                    .observe
+                    .stats
+                    .handshake(pool, handshake, connect);
+                let session = config.access_log.as_ref().map(|log| {
+                    observed::session(
+                        &self.routing,
+                        log,
+                        observed::SessionStart {
+                            client,
+                            route,
+                            sticky: &sticky,
+                            version,
+                            head: head.headers(),
+                            handshake,
+                            connect,
+                        },
+                    )
+                });
                 let upgrade = Upgrade {
                     client: client_side,
                     backend: BackendSide { socket, early },
@@ -352,6 +401,8 @@ impl Gateway {
                         overflowed_from: choice.overflowed_from.cloned(),
                         cfg: tunnel_config(config, route),
                         client: client.clone(),
+                        version,
+                        session,
                     },
                     span,
                 };

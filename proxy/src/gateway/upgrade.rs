@@ -45,6 +45,8 @@ pub enum Answer {
         head: Response<()>,
         socket: TcpStream,
         early: Bytes,
+        /// How long the TCP connect took.
+        connect: std::time::Duration,
     },
     /// Any other final status, to relay with its body.
     Other(Response<Bytes>),
@@ -58,7 +60,9 @@ pub async fn upgrade(
     timeouts: UpstreamTimeouts,
     max_head: usize,
 ) -> Result<Answer, UpstreamError> {
+    let started = tokio::time::Instant::now();
     let mut socket = connect(address, timeouts.connect).await?;
+    let connect = started.elapsed();
     let exchange = exchange(&mut socket, request, max_head, address);
     let answer = match tokio::time::timeout(timeouts.response, exchange).await {
         Err(_) => {
@@ -74,6 +78,7 @@ pub async fn upgrade(
             head,
             socket,
             early,
+            connect,
         },
         Exchanged::Other(response) => Answer::Other(response),
     })

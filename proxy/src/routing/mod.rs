@@ -43,17 +43,24 @@ pub(crate) struct Routing {
     pub registry: Arc<Registry>,
     pub reports: Reporter,
     pub admission: Arc<admission::Admission>,
+    /// Access log and session metrics (`observe`).
+    pub observe: Arc<crate::observe::Observe>,
 }
 
 impl Routing {
     /// Every backend of `config` active, no tunnels yet.
     pub fn new(config: Arc<crate::config::Config>, reports: Reporter) -> Routing {
         let registry = Arc::new(Registry::default());
+        let observe = Arc::new(crate::observe::Observe::default());
+        observe
+            .access_log
+            .configure(config.access_log.as_ref().map(|a| &a.to));
         Routing {
             snapshot: SharedSnapshot::new(Snapshot::new(config, &registry)),
             registry,
             reports,
             admission: Arc::default(),
+            observe,
         }
     }
 }

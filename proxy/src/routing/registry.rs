@@ -280,6 +280,13 @@ pub struct ConnGuard {
     conn_id: u64,
 }
 
+impl ConnGuard {
+    /// The backend the tunnel is registered with.
+    pub fn backend(&self) -> &BackendKey {
+        self.backend.key()
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if self.backend.lock().remove(&self.conn_id).is_some() {

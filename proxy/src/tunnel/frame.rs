@@ -25,8 +25,16 @@
 //!   accepted: the RFC forbids it, but the frame is still unambiguous, and a
 //!   transparent proxy should not break conversations that would work
 //!   without it; the endpoints enforce the rule if they care;
-//! - payloads (UTF-8 of text, Close codes) are never looked at: that would
-//!   mean gathering and unmasking them.
+//! - data payloads (UTF-8 of text) are never looked at: that would mean
+//!   gathering and unmasking them. The one exception is the first two
+//!   payload bytes of a Close frame, unmasked as they pass (no gathering),
+//!   so the tunnel can say which code each side closed with.
+//!
+//! Besides boundaries, a tracker counts what it saw end, for the session's
+//! access line and metrics: complete data messages (a data frame with FIN)
+//! and the first Close frame's code and reason length. Plain integers in
+//! the tracker: a tunnel's two pumps run in one task, so counting per
+//! message touches nothing shared.
 
 use thiserror::Error;
 
@@ -205,19 +213,55 @@ pub struct FrameTracker {
     /// Payload bytes of the current frame still to come.
     remaining: u64,
     /// Payload bytes the current message may still announce.
-    budget: u64,
-    max_message_bytes: u64,
+    budget: u32,
+    /// The limit, or [`UNLIMITED`]. 32 bits (the config caps it at 1 GiB)
+    /// leave room in the tracker's 48 bytes for the counts below.
+    max_message_bytes: u32,
     seen: u8,
     sender: Sender,
     in_message: bool,
+    /// The first Close frame's progress: [`CLOSE_NONE`] until its header
+    /// is complete, then [`CLOSE_CODE_START`] + payload bytes of the code
+    /// taken (0-2), then [`CLOSE_DONE`] + its payload length (at most 125)
+    /// once it ended. Later Close frames (a broken peer) change nothing.
+    /// One byte for both keeps the tracker at 48 bytes.
+    close_state: u8,
+    /// The first two bytes of a Close frame's mask key (client frames):
+    /// all that unmasking its code takes.
+    close_mask: [u8; 2],
+    /// The code's bytes as unmasked so far, big-endian.
+    close_code: u16,
+    /// Complete data messages: data frames with FIN that ended.
+    messages: u64,
+}
+
+/// `max_message_bytes` for no limit: any limit of 4 GiB or more.
+const UNLIMITED: u32 = u32::MAX;
+
+/// `close_state` values; see [`FrameTracker`].
+const CLOSE_NONE: u8 = 0;
+const CLOSE_CODE_START: u8 = 1;
+/// Plus the payload length.
+const CLOSE_DONE: u8 = 4;
+
+/// The Close frame one side of a session sent, as the tracker saw it pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerClose {
+    /// The status code; `None` for a Close with an empty payload (which the
+    /// receiver reports as 1005) or a 1-byte one.
+    pub code: Option<u16>,
+    /// Bytes of the reason (the payload after the code).
+    pub reason_len: u8,
 }
 
 impl FrameTracker {
     /// `max_message_bytes` bounds the sum of the payload lengths of the data
     /// frames of one message (first frame plus continuations until FIN);
-    /// exceeding it is [`FrameError::MessageTooBig`]. `u64::MAX` = unlimited.
+    /// exceeding it is [`FrameError::MessageTooBig`]. `u64::MAX` (or any
+    /// value of 4 GiB - 1 or more) = unlimited.
     /// Control frames interleaved in a message do not count.
     pub fn new(sender: Sender, max_message_bytes: u64) -> Self {
+        let max_message_bytes = u32::try_from(max_message_bytes).unwrap_or(UNLIMITED);
         Self {
             hdr: FrameHeader {
                 fin: true,
@@ -233,6 +277,43 @@ impl FrameTracker {
             seen: 0,
             sender,
             in_message: false,
+            close_state: CLOSE_NONE,
+            close_mask: [0; 2],
+            close_code: 0,
+            messages: 0,
+        }
+    }
+
+    /// Complete data messages seen so far (a message ends with the data
+    /// frame that has FIN; control frames are not messages).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// The first Close frame that ended in this direction, if any.
+    pub fn peer_close(&self) -> Option<PeerClose> {
+        (self.close_state >= CLOSE_DONE).then(|| {
+            let len = self.close_state - CLOSE_DONE;
+            PeerClose {
+                code: (len >= 2).then_some(self.close_code),
+                reason_len: len.saturating_sub(2),
+            }
+        })
+    }
+
+    /// Takes what a Close payload chunk holds of the code: called only in
+    /// the payload of the first Close frame, before `remaining` shrinks.
+    fn take_close_code(&mut self, payload: &[u8]) {
+        let done = self.hdr.payload_len - self.remaining;
+        for (i, &b) in payload.iter().enumerate().take(2) {
+            let at = done + i as u64;
+            if at >= 2 {
+                break;
+            }
+            // `at` is 0 or 1 here.
+            let b = b ^ self.close_mask[at as usize];
+            self.close_code = self.close_code << 8 | u16::from(b);
+            self.close_state += 1;
         }
     }
 
@@ -318,6 +399,10 @@ impl FrameTracker {
                 // Payload: skipped, never looked at. `take` fits in usize
                 // because it is at most the length of the rest of `buf`.
                 let take = self.remaining.min((buf.len() - pos) as u64);
+                if self.close_state > CLOSE_NONE && self.close_state < CLOSE_CODE_START + 2 {
+                    // The code of the first Close, unmasked as it passes.
+                    self.take_close_code(&buf[pos..pos + take as usize]);
+                }
                 pos += take as usize;
                 self.remaining -= take;
                 if self.remaining > 0 {
@@ -327,8 +412,17 @@ impl FrameTracker {
             // The current frame ended at `pos`.
             if self.hdr.opcode.is_data() {
                 adv.data_frames_ended = adv.data_frames_ended.saturating_add(1);
+                if self.hdr.fin {
+                    self.messages += 1;
+                }
             } else if self.hdr.opcode == Opcode::Close {
                 adv.close_frame_ended = true;
+                if self.close_state > CLOSE_NONE && self.close_state < CLOSE_DONE {
+                    // At most 125 (the control-frame rule was checked at
+                    // the header's second byte), so 4 + 125 fits a byte.
+                    let len = self.hdr.payload_len.min(MAX_CONTROL_PAYLOAD as u64) as u8;
+                    self.close_state = CLOSE_DONE + len;
+                }
             }
             self.seen = 0;
             boundary = Some(pos);
@@ -360,14 +454,24 @@ impl FrameTracker {
                         }
                         self.hdr.payload_len = len;
                     }
-                    // Mask key bytes need no decoding: the payload is
-                    // forwarded still masked.
+                    // Mask key bytes need no decoding (the payload is
+                    // forwarded still masked), but a Close's code is read.
+                    else if self.hdr.opcode == Opcode::Close && i - ext_end < 2 {
+                        self.close_mask[usize::from(i - ext_end)] = b;
+                    }
                 }
             }
             self.seen = i + 1;
             used += 1;
             if self.seen == self.hdr.header_len {
                 self.remaining = self.hdr.payload_len;
+                if self.hdr.opcode == Opcode::Close && self.close_state == CLOSE_NONE {
+                    self.close_state = CLOSE_CODE_START;
+                    self.close_code = 0;
+                    if !self.hdr.masked {
+                        self.close_mask = [0; 2];
+                    }
+                }
                 break;
             }
         }
@@ -438,13 +542,14 @@ impl FrameTracker {
         if len >> 63 != 0 {
             return Err(FrameError::InvalidPayloadLength(len));
         }
-        if self.hdr.opcode.is_data() {
-            if len > self.budget {
+        if self.hdr.opcode.is_data() && self.max_message_bytes != UNLIMITED {
+            if len > u64::from(self.budget) {
                 return Err(FrameError::MessageTooBig {
-                    limit: self.max_message_bytes,
+                    limit: self.max_message_bytes.into(),
                 });
             }
-            self.budget -= len;
+            // Fits: len <= budget, a u32.
+            self.budget -= len as u32;
         }
         Ok(())
     }
@@ -723,6 +828,57 @@ mod tests {
             Sender::Server
         };
         FrameTracker::new(sender, u64::MAX)
+    }
+
+    #[test]
+    fn counts_messages_and_reads_the_first_close_at_every_split() {
+        for mask in [None, Some(KEY)] {
+            // A whole message, a fragmented one with a Ping inside, then a
+            // Close 1011 with a 4-byte reason, then a second Close (ignored).
+            let mut bytes = frame(0x81, mask, 5, Form::Minimal);
+            bytes.extend(frame(0x02, mask, 300, Form::Minimal));
+            bytes.extend(frame(0x89, mask, 2, Form::Minimal));
+            bytes.extend(frame(0x80, mask, 7, Form::Minimal));
+            bytes.extend_from_slice(encode_close(1011, "oops", mask).as_bytes());
+            bytes.extend_from_slice(encode_close(1000, "", mask).as_bytes());
+            let want = PeerClose {
+                code: Some(1011),
+                reason_len: 4,
+            };
+            for cut in 0..bytes.len() {
+                let mut t = tracker_for(mask);
+                t.advance(&bytes[..cut], false).unwrap();
+                t.advance(&bytes[cut..], false).unwrap();
+                assert_eq!(t.messages(), 2, "cut {cut}");
+                assert_eq!(t.peer_close(), Some(want), "cut {cut}, mask {mask:?}");
+            }
+            // Byte by byte, as a slow peer sends it.
+            let mut t = tracker_for(mask);
+            for b in &bytes {
+                t.advance(std::slice::from_ref(b), false).unwrap();
+            }
+            assert_eq!((t.messages(), t.peer_close()), (2, Some(want)));
+        }
+    }
+
+    #[test]
+    fn a_close_without_a_code_or_before_its_end_is_reported_as_such() {
+        let mut t = tracker_for(None);
+        t.advance(encode_control(Opcode::Close, &[], None).as_bytes(), false)
+            .unwrap();
+        assert_eq!(
+            t.peer_close(),
+            Some(PeerClose {
+                code: None,
+                reason_len: 0
+            })
+        );
+        // Not yet ended: nothing to report.
+        let mut t = tracker_for(Some(KEY));
+        let close = encode_close(1000, "bye", Some(KEY));
+        t.advance(&close.as_bytes()[..7], false).unwrap();
+        assert_eq!(t.peer_close(), None);
+        assert_eq!(t.messages(), 0);
     }
 
     /// Feeds `bytes` in the given pieces with stop_at_boundary == false and
@@ -1178,7 +1334,9 @@ mod tests {
 
     #[test]
     fn tracker_is_small() {
-        assert!(std::mem::size_of::<FrameTracker>() <= 48);
+        // Still 48 with the message count and the Close code.
+        let size = std::mem::size_of::<FrameTracker>();
+        assert!(size <= 48, "FrameTracker is {size} bytes");
         assert!(std::mem::size_of::<ControlFrame>() <= 2 + 4 + 125 + 1);
     }
 

@@ -19,6 +19,6 @@ pub(crate) mod pump;
 
 pub(crate) use closesignal::{CloseCause, CloseSignal};
 /// For the benchmarks, and for the end-to-end tests' WebSocket client.
-pub use frame::{parse_close_payload, CloseParseError, FrameTracker, Sender};
-pub(crate) use pump::{run, Early, Side, TunnelConfig, TunnelReport};
+pub use frame::{parse_close_payload, CloseParseError, FrameTracker, PeerClose, Sender};
+pub(crate) use pump::{run, Early, First, Side, TunnelConfig, TunnelReport};
 pub use pump::{Heartbeat, HEARTBEAT_PAYLOAD};

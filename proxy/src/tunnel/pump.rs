@@ -28,7 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use super::bufpool;
 use super::closesignal::{CloseCause, CloseSignal};
-use super::frame::{encode_close, encode_ping, find_pong, Broken, FrameTracker, Sender};
+use super::frame::{encode_close, encode_ping, find_pong, Broken, FrameTracker, PeerClose, Sender};
 
 /// One tunnel's timeouts and limit. Every idle tunnel's task holds it for
 /// the tunnel's whole life, so it is stored compactly: times as whole
@@ -126,13 +126,47 @@ enum Beat {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TunnelReport {
     pub cause: Option<CloseCause>,
+    /// Who started the close: a peer's Close frame, or wsgate's decision
+    /// (`cause`), whichever came first. `None` when the session ended with
+    /// neither (both TCP connections ended at once, cleanly).
+    pub first: Option<First>,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
+    /// Complete data messages forwarded each way (those discarded after
+    /// wsgate's Close included; they are in `discarded_frames` too).
+    pub messages_to_backend: u64,
+    pub messages_to_client: u64,
+    /// The Close frame each peer sent, as it passed through.
+    pub client_close: Option<PeerClose>,
+    pub backend_close: Option<PeerClose>,
+    /// The code of the Close wsgate itself wrote to each side, if any.
+    pub wsgate_to_client: Option<u16>,
+    pub wsgate_to_backend: Option<u16>,
     /// Data frames dropped after wsgate sent its Close.
     pub discarded_frames: u64,
     /// The close handshake did not finish within `close_timeout`.
     pub timed_out: bool,
+    /// From the start of the tunnel (the 101) to its end.
+    pub duration: Duration,
 }
+
+/// Who began the end of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum First {
+    /// The client sent its Close frame first.
+    Client,
+    /// The backend sent its Close frame first.
+    Backend,
+    /// wsgate decided to close first (the report's `cause` says why; a
+    /// peer that vanished without a Close is a cause too).
+    Wsgate,
+}
+
+/// `Shared::first` values.
+const FIRST_NONE: u8 = 0;
+const FIRST_CLIENT: u8 = 1;
+const FIRST_BACKEND: u8 = 2;
+const FIRST_WSGATE: u8 = 3;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Dir {
@@ -160,14 +194,28 @@ struct Shared<'a> {
     changes: AtomicU32,
     /// When wsgate last wrote a Close frame (0: never).
     close_sent_at: AtomicU64,
-    /// Each pump (by [`Dir`]) is finishing a frame before it can send Close.
-    awaiting_boundary: [AtomicBool; 2],
-    /// Each pump (by [`Dir`]) has shut its destination's write side down
-    /// (a half-close passed on); the end of the tunnel need not again.
-    shut: [AtomicBool; 2],
+    /// Per pump (by [`Dir`]), one bit each: [`AWAITING`] finishing a frame
+    /// before it can send Close; [`SHUT`] its destination's write side is
+    /// shut down (a half-close passed on; the end of the tunnel need not
+    /// again); [`WROTE`] wsgate wrote its own Close there. Bits in one
+    /// byte, with `first`, keep this struct (and every idle tunnel) as
+    /// small as before the report counted closes.
+    flags: AtomicU8,
     discarded: AtomicU64,
     sent: [AtomicU64; 2],
+    /// Who began the close (`FIRST_*`); the first to set it wins.
+    first: AtomicU8,
+    /// The code of the Close wsgate wrote to the client (0: none). Kept,
+    /// not derived from the cause: a backend that dies while a drain's
+    /// Close waits for a boundary gets the client 1014, not the drain's.
+    /// (Toward the backend the cause's code is always the one written.)
+    wrote_to_client: AtomicU16,
 }
+
+/// `Shared::flags` bits, shifted by the pump's [`Dir`].
+const AWAITING: u8 = 1;
+const SHUT: u8 = 4;
+const WROTE: u8 = 16;
 
 impl<'a> Shared<'a> {
     fn new(signal: &'a CloseSignal) -> Self {
@@ -179,10 +227,30 @@ impl<'a> Shared<'a> {
             closing_since: AtomicU64::new(0),
             changes: AtomicU32::new(0),
             close_sent_at: AtomicU64::new(0),
-            awaiting_boundary: [AtomicBool::new(false), AtomicBool::new(false)],
-            shut: [AtomicBool::new(false), AtomicBool::new(false)],
+            flags: AtomicU8::new(0),
             discarded: AtomicU64::new(0),
             sent: [AtomicU64::new(0), AtomicU64::new(0)],
+            first: AtomicU8::new(FIRST_NONE),
+            wrote_to_client: AtomicU16::new(0),
+        }
+    }
+
+    fn flag(&self, bit: u8, dir: Dir) -> bool {
+        self.flags.load(Relaxed) & (bit << dir as u8) != 0
+    }
+
+    fn set_flag(&self, bit: u8, dir: Dir, on: bool) {
+        if on {
+            self.flags.fetch_or(bit << dir as u8, Relaxed);
+        } else {
+            self.flags.fetch_and(!(bit << dir as u8), Relaxed);
+        }
+    }
+
+    /// Records who began the close, unless someone already did.
+    fn began(&self, who: u8) {
+        if self.first.load(Relaxed) == FIRST_NONE {
+            self.first.store(who, Relaxed);
         }
     }
 
@@ -255,7 +323,7 @@ impl<'a> Shared<'a> {
         if since == 0 {
             return None;
         }
-        let from = if self.awaiting_boundary.iter().any(|a| a.load(Relaxed)) {
+        let from = if self.flag(AWAITING, Dir::ToBackend) || self.flag(AWAITING, Dir::ToClient) {
             self.last_activity_nanos()
         } else {
             since.max(self.close_sent_at.load(Relaxed))
@@ -268,6 +336,7 @@ impl<'a> Shared<'a> {
     }
 
     fn decide(&self, cause: CloseCause) {
+        self.began(FIRST_WSGATE);
         self.start_closing();
         if self.signal.set(cause) {
             self.changes.fetch_add(1, Relaxed);
@@ -376,6 +445,7 @@ where
             std::future::poll_fn(|cx| loop {
                 let seen = shared.changes();
                 if signal.poll_cause(cx).is_ready() {
+                    shared.began(FIRST_WSGATE);
                     shared.start_closing();
                 }
                 if pumps.as_mut().poll(cx).is_ready() {
@@ -428,21 +498,42 @@ where
         let bound = Duration::from_millis(500).min(cfg.close_timeout());
         // A side already shut down by its pump is skipped: a second
         // shutdown is a wasted system call (ENOTCONN once the peer closed).
-        if !shared.shut[Dir::ToClient as usize].load(Relaxed) {
+        if !shared.flag(SHUT, Dir::ToClient) {
             let _ = tokio::time::timeout(bound, client.write.shutdown()).await;
         }
-        if !shared.shut[Dir::ToBackend as usize].load(Relaxed) {
+        if !shared.flag(SHUT, Dir::ToBackend) {
             let _ = tokio::time::timeout(bound, backend.write.shutdown()).await;
         }
 
         // Built only now: a report declared before the await would take a
         // slot in every idle tunnel's state.
+        let cause = shared.cause();
+        let wrote = |dir: Dir| match dir {
+            Dir::ToClient => Some(shared.wrote_to_client.load(Relaxed)).filter(|&c| c != 0),
+            Dir::ToBackend => cause?
+                .to_backend()
+                .filter(|_| shared.flag(WROTE, dir))
+                .map(|(c, _)| c),
+        };
         TunnelReport {
-            cause: shared.cause(),
+            cause,
+            first: match shared.first.load(Relaxed) {
+                FIRST_CLIENT => Some(First::Client),
+                FIRST_BACKEND => Some(First::Backend),
+                FIRST_WSGATE => Some(First::Wsgate),
+                _ => None,
+            },
             bytes_to_backend: shared.sent[0].load(Relaxed),
             bytes_to_client: shared.sent[1].load(Relaxed),
+            messages_to_backend: to_backend.tracker.messages(),
+            messages_to_client: to_client.tracker.messages(),
+            client_close: to_backend.tracker.peer_close(),
+            backend_close: to_client.tracker.peer_close(),
+            wsgate_to_client: wrote(Dir::ToClient),
+            wsgate_to_backend: wrote(Dir::ToBackend),
             discarded_frames: shared.discarded.load(Relaxed),
             timed_out,
+            duration: shared.start.elapsed(),
         }
     }
 }
@@ -525,6 +616,14 @@ impl<'a> Pump<'a> {
     /// heartbeats, between frames.
     fn can_ping(&self) -> bool {
         self.heartbeat && self.dir == Dir::ToClient && self.dst_at_boundary
+    }
+
+    /// The `Shared::first` value for this pump's source closing.
+    fn source_first(&self) -> u8 {
+        match self.dir {
+            Dir::ToBackend => FIRST_CLIENT,
+            Dir::ToClient => FIRST_BACKEND,
+        }
     }
 
     /// Writes the wanted heartbeat Ping, if one is wanted and it can go now.
@@ -632,7 +731,7 @@ impl<'a> Pump<'a> {
     /// Tells the supervisor whether this pump is finishing a frame before
     /// its Close, which bounds the close by progress instead of by time.
     fn awaiting(&self, yes: bool) {
-        self.shared.awaiting_boundary[self.dir as usize].store(yes, Relaxed);
+        self.shared.set_flag(AWAITING, self.dir, yes);
     }
 
     async fn on_early<W: AsyncWrite + Unpin>(
@@ -671,6 +770,7 @@ impl<'a> Pump<'a> {
         self.dst_at_boundary = self.tracker.at_boundary();
         if close_frame_ended {
             self.source_closed = true;
+            self.shared.began(self.source_first());
             self.shared.start_closing();
         }
         if self.heartbeat {
@@ -768,6 +868,7 @@ impl<'a> Pump<'a> {
                     // (split across reads): the close handshake is theirs
                     // now, and a second Close would break it.
                     self.source_closed = true;
+                    self.shared.began(self.source_first());
                     self.shared.start_closing();
                     let rest = &bytes[consumed..];
                     if !rest.is_empty() {
@@ -835,7 +936,7 @@ impl<'a> Pump<'a> {
             // half-close on so the other side sees end of stream.
             if self.source_closed && matches!(mode, Mode::Forward | Mode::Passing) {
                 let _ = dst.shutdown().await;
-                self.shared.shut[self.dir as usize].store(true, Relaxed);
+                self.shared.set_flag(SHUT, self.dir, true);
             }
             return;
         }
@@ -878,6 +979,10 @@ impl<'a> Pump<'a> {
         // The close timeout runs from here: until now the peer had nothing
         // to answer.
         self.shared.close_sent_at.store(self.shared.now(), Relaxed);
+        self.shared.set_flag(WROTE, self.dir, true);
+        if self.dir == Dir::ToClient {
+            self.shared.wrote_to_client.store(code, Relaxed);
+        }
         Ok(())
     }
 }
@@ -1066,5 +1171,112 @@ mod tests {
             .expect("the tunnel ends instead of spinning");
         assert_eq!(report.cause, Some(CloseCause::Drain(1012)));
         assert!(!report.timed_out);
+        // The client began the close; wsgate's Close went only to it.
+        assert_eq!(report.first, Some(First::Client));
+        assert_eq!(report.wsgate_to_client, Some(1012));
+        assert_eq!(report.wsgate_to_backend, None);
+        assert_eq!(report.client_close.and_then(|c| c.code), Some(1000));
+        assert_eq!(report.backend_close.and_then(|c| c.code), Some(1000));
+    }
+
+    /// A data frame as a peer sends it: client frames masked.
+    fn data(payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut v = vec![
+            0x81,
+            payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+        ];
+        if let Some(key) = mask {
+            v.extend_from_slice(&key);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            v.extend_from_slice(payload);
+        }
+        v
+    }
+
+    /// What the report says of a session the backend ends with Close 1011
+    /// after a few messages each way, and of one a drain ends.
+    #[test]
+    fn the_report_counts_messages_and_says_who_closed_with_which_code() {
+        let wait = Duration::from_secs(10);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        use tokio::io::AsyncReadExt;
+
+        // The backend closes first.
+        let mut h = start_tunnel(Duration::from_secs(30));
+        rt.block_on(async {
+            let up = data(b"hi", Some([9, 8, 7, 6]));
+            for _ in 0..3 {
+                h.client.write_all(&up).await.unwrap();
+            }
+            let mut got = vec![0u8; up.len() * 3];
+            tokio::time::timeout(wait, h.backend.read_exact(&mut got))
+                .await
+                .expect("three messages reach the backend")
+                .unwrap();
+            let down = data(b"hello", None);
+            h.backend.write_all(&down).await.unwrap();
+            let close = encode_close(1011, "boom", None);
+            h.backend.write_all(close.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; down.len() + close.as_bytes().len()];
+            tokio::time::timeout(wait, h.client.read_exact(&mut got))
+                .await
+                .expect("the message and the Close reach the client")
+                .unwrap();
+            let reply = encode_close(1011, "", Some([1, 1, 1, 1]));
+            h.client.write_all(reply.as_bytes()).await.unwrap();
+            // The reply reaches the backend before either side goes.
+            let mut got = vec![0u8; reply.as_bytes().len()];
+            tokio::time::timeout(wait, h.backend.read_exact(&mut got))
+                .await
+                .expect("the client's reply reaches the backend")
+                .unwrap();
+            drop(h.client);
+            drop(h.backend);
+        });
+        let r = h.done.recv_timeout(wait).expect("the tunnel ends");
+        assert_eq!(r.first, Some(First::Backend));
+        assert_eq!(r.cause, None);
+        assert_eq!((r.messages_to_backend, r.messages_to_client), (3, 1));
+        assert_eq!(
+            r.backend_close,
+            Some(PeerClose {
+                code: Some(1011),
+                reason_len: 4
+            })
+        );
+        assert_eq!(r.client_close.and_then(|c| c.code), Some(1011));
+        assert_eq!((r.wsgate_to_client, r.wsgate_to_backend), (None, None));
+
+        // A drain: wsgate begins, 1012 to the client and 1001 to the backend.
+        let mut h = start_tunnel(Duration::from_secs(30));
+        rt.block_on(async {
+            h.signal.request(CloseCause::Drain(1012));
+            let mut got = [0u8; 4];
+            tokio::time::timeout(wait, h.client.read_exact(&mut got))
+                .await
+                .expect("the client gets a Close")
+                .unwrap();
+            assert_eq!(&got[2..], &1012u16.to_be_bytes());
+            let reply = encode_close(1012, "", Some([1, 2, 3, 4]));
+            h.client.write_all(reply.as_bytes()).await.unwrap();
+            let reply = encode_close(1001, "", None);
+            h.backend.write_all(reply.as_bytes()).await.unwrap();
+            drop(h.client);
+            drop(h.backend);
+        });
+        let r = h.done.recv_timeout(wait).expect("the tunnel ends");
+        assert_eq!(r.first, Some(First::Wsgate));
+        assert_eq!(r.cause, Some(CloseCause::Drain(1012)));
+        assert_eq!(
+            (r.wsgate_to_client, r.wsgate_to_backend),
+            (Some(1012), Some(1001))
+        );
+        assert_eq!(r.client_close.and_then(|c| c.code), Some(1012));
+        assert_eq!(r.backend_close.and_then(|c| c.code), Some(1001));
+        assert_eq!((r.messages_to_backend, r.messages_to_client), (0, 0));
     }
 }
