@@ -12,6 +12,7 @@ mod discovery;
 mod edges;
 mod failures;
 mod fleet;
+mod h2;
 mod heartbeat;
 mod kubernetes;
 mod limits;

@@ -8,6 +8,10 @@
 //! the lock `tokio::io::split` takes. The tunnel gets a task of its own,
 //! spawned once the types are known, so that task holds exactly one
 //! tunnel's state and nothing of the handshake.
+//!
+//! A WebSocket over HTTP/2 is one stream of a connection hyper keeps
+//! serving, so it cannot be taken out: its tunnel runs on the `Upgraded`
+//! stream itself, split into halves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,6 +61,7 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
     let end = End {
         routing: ctx.routing,
         _client: ctx.client,
+        _stream_slot: ctx.stream_slot,
         _guard: guard,
         signal,
     };
@@ -70,6 +75,8 @@ struct End {
     routing: Arc<Routing>,
     /// The client connection's slot under the connection limits.
     _client: Arc<crate::gateway::ClientInfo>,
+    /// A WebSocket over HTTP/2's own slot (`gateway::TunnelStart`).
+    _stream_slot: Option<crate::routing::admission::Slot>,
     _guard: ConnGuard,
     signal: Arc<CloseSignal>,
 }
@@ -115,9 +122,19 @@ fn spawn_tunnel(
         }
         Err(other) => other,
     };
-    let tls = client
-        .downcast::<TokioIo<TlsConn>>()
-        .map_err(|_| "the client connection is neither TCP nor TLS over TCP")?;
+    let tls = match client.downcast::<TokioIo<TlsConn>>() {
+        Ok(tls) => tls,
+        // An HTTP/2 stream (RFC 8441): it stays inside hyper, whose
+        // connection task carries its DATA frames.
+        Err(stream) => {
+            let (read, write) = tokio::io::split(TokioIo::new(stream));
+            spawn_in_current_span(async move {
+                let mut client = Side::new(read, write, Early::default());
+                run_to_end(&mut client, &mut rest).await;
+            });
+            return Ok(());
+        }
+    };
     let client_early = Early::new(tls.read_buf);
     // A TLS session reads and writes through one state; this split takes an
     // uncontended lock per operation (both halves run in one task). Split
