@@ -255,6 +255,33 @@ async fn subprotocols_pass_and_bad_extended_connects_get_their_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_policy_applies_to_websockets_over_http2() {
+    let backends = start_backends(&["b1"]);
+    let yaml = tls_config(&weight_one(&backends), "").replace(
+        "    pool: chat\n",
+        "    pool: chat\n    allowed_origins: [\"https://ok.example\"]\n",
+    );
+    let gate = Gate::start(&yaml, 1).unwrap();
+    let conn = H2Conn::open(&gate).await.unwrap();
+    for origin in [None, Some("https://evil.example")] {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("origin", o)).into_iter().collect();
+        match conn.websocket("/echo?user=o", &headers).await.unwrap() {
+            Opened::Refused(status, _, _) => assert_eq!(status.as_u16(), 403, "{origin:?}"),
+            Opened::WebSocket(..) => panic!("origin {origin:?} was let through"),
+        }
+    }
+    let mut ws = match conn
+        .websocket("/echo?user=o", &[("origin", "https://ok.example")])
+        .await
+        .unwrap()
+    {
+        Opened::WebSocket(_, ws) => ws,
+        Opened::Refused(s, _, b) => panic!("refused {s}: {b}"),
+    };
+    assert_eq!(hello_h2(&mut ws).await, "b1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_closes_only_the_drained_backends_streams_with_1012() {
     let backends = start_backends(&["b1", "b2", "b3"]);
     let gate = gate_of(&backends, &format!("timeouts: {{ close: 1s }}\n{ADMIN}"));

@@ -12,7 +12,7 @@
 //! | [`tls`] | loading a listener's certificates and keys, dev certificates | files |
 //! | [`certs`] | a listener's certificate set, chosen by SNI and swapped whole on reload; its rustls config; expiry and serial | files |
 //! | [`tlsconn`] | server TLS on rustls' unbuffered API, buffers held only while bytes are in flight | network |
-//! | [`splice`] | after the 101: both sockets back out of hyper, registration, the tunnel's own task | network |
+//! | [`splice`] | after the 101 (or an HTTP/2 stream's 200): both sockets back out of hyper (an HTTP/2 stream stays in it), registration, the tunnel's own task | network |
 
 pub(crate) mod accept;
 pub mod certs;
