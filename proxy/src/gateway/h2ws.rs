@@ -1,7 +1,9 @@
 //! WebSockets over HTTP/2 (RFC 8441): recognising and checking an extended
 //! CONNECT, turning it into the HTTP/1.1 upgrade the backend gets, and
 //! turning the backend's 101 into the client's 200. Also what every HTTP/2
-//! request needs before routing: its `:authority` as a `Host` header.
+//! request needs before it goes on as HTTP/1.1: its `:authority` as a
+//! `Host` header, and its cookies (which HTTP/2 may split over several
+//! fields) joined into one `Cookie` header.
 //! Pure: headers in, headers out.
 //!
 //! The client's stream carries no Sec-WebSocket-Key and expects no
@@ -11,7 +13,7 @@
 //! -Extensions pass both ways unchanged.
 
 use base64::Engine;
-use http::header::{CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::ext::Protocol;
 
@@ -54,8 +56,14 @@ impl H2HandshakeError {
 /// An HTTP/2 request names its host in `:authority` (the URI); backends
 /// and the routing rules read `Host`. One from the authority is added
 /// when the client sent none (RFC 9113 8.3.1 lets it leave Host out).
+/// Cookies split over several fields are joined with `; ` (RFC 9113
+/// 8.2.3): an HTTP/1.1 backend expects one Cookie header.
 pub fn authority_as_host<B>(req: &mut Request<B>) {
-    if req.version() != Version::HTTP_2 || req.headers().contains_key(HOST) {
+    if req.version() != Version::HTTP_2 {
+        return;
+    }
+    join_cookies(req.headers_mut());
+    if req.headers().contains_key(HOST) {
         return;
     }
     let host = req
@@ -64,6 +72,24 @@ pub fn authority_as_host<B>(req: &mut Request<B>) {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     if let Some(host) = host {
         req.headers_mut().insert(HOST, host);
+    }
+}
+
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(COOKIE).iter();
+    if fields.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Made of valid values and "; ", so valid itself.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
     }
 }
 
@@ -264,5 +290,16 @@ mod tests {
             .unwrap();
         authority_as_host(&mut h2);
         assert_eq!(h2.headers().get_all(HOST).iter().count(), 1);
+
+        let mut split = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://b.example/x")
+            .header(COOKIE, "a=1")
+            .header(COOKIE, "session=carol")
+            .body(())
+            .unwrap();
+        authority_as_host(&mut split);
+        let cookies: Vec<_> = split.headers().get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; session=carol"]);
     }
 }
