@@ -25,6 +25,8 @@ cargo test --workspace --tests -- --test-threads=1
 python3 -m pytest -q tests/python
 # Headless Chromium through wsgate over wss (saves tests/artifacts/chat-browser.png).
 node --test tests/browser/chat.test.mjs
+# The chat page over HTTP/2; prints which protocol Chromium's WebSocket used.
+node --test tests/browser/h2.test.mjs
 # Fuzzing smoke (fuzz/README.md): a few thousand inputs per target, only
 # where the nightly toolchain is installed (otherwise one "skipped" line).
 scripts/fuzz.sh --smoke

@@ -14,6 +14,7 @@ mod discovery;
 mod edges;
 mod failures;
 mod fleet;
+mod h2;
 mod heartbeat;
 mod image;
 mod kubernetes;

@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 pub mod dns;
+pub mod h2client;
 pub mod peers;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Drain, Limits, Timeouts};
+use super::{Alpn, Drain, Http2Limits, Limits, Timeouts};
 
 /// `routes[].path_prefix`: every path.
 pub const PATH_PREFIX: &str = "/";
@@ -39,6 +39,27 @@ pub const DISCOVERY_MAX_INTERVAL: Duration = Duration::from_secs(30);
 pub const DISCOVERY_WEIGHT: u32 = 1;
 /// The port of a `pools.*.discovery.nameservers` entry given without one.
 pub const DNS_PORT: u16 = 53;
+
+/// `listeners[].tls.alpn`: HTTP/2 preferred, HTTP/1.1 for the rest.
+pub const ALPN: [Alpn; 2] = [Alpn::H2, Alpn::Http11];
+
+/// `limits.http2`. 100 concurrent streams is what HAProxy, Envoy and most
+/// browsers' servers advertise. A stream may run 256 KiB ahead of wsgate's
+/// reads (a 1 MiB message needs four window updates, not a stall per
+/// 64 KiB), and a whole connection 1 MiB: the most one connection can make
+/// wsgate buffer. The reset limits are h2's own defaults against rapid
+/// reset (CVE-2023-44487), which hyper also uses.
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 100,
+            stream_window: 256 * 1024,
+            connection_window: 1024 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+        }
+    }
+}
 
 /// `routes[].heartbeat.interval`: client silence before wsgate's Ping.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -102,6 +123,7 @@ impl Default for Limits {
             max_connections: None,
             max_connections_per_ip: None,
             new_connections_per_ip_per_second: None,
+            http2: Http2Limits::default(),
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct FileListener {
     pub allowed_origins: Option<Vec<String>>,
     #[serde(default)]
     pub proxy_protocol: Option<FileProxyProtocol>,
+    /// Prior-knowledge HTTP/2 on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,9 @@ pub struct FileProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct FileTls {
     pub certificates: Vec<FileCertificate>,
+    /// Protocols offered in ALPN, in order (`h2`, `http/1.1`).
+    #[serde(default)]
+    pub alpn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +231,18 @@ pub struct FileLimits {
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     pub new_connections_per_ip_per_second: Option<u32>,
+    pub http2: Option<FileHttp2>,
+}
+
+/// `limits.http2` (`config::http2`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    pub stream_window: Option<serde_yaml_ng::Value>,
+    pub connection_window: Option<serde_yaml_ng::Value>,
+    pub max_pending_accept_reset_streams: Option<usize>,
+    pub max_local_error_reset_streams: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,12 +7,13 @@
 //! line:column, and all problems are reported at once. Loading does I/O only
 //! to read the file; [`Config::from_source`] is pure.
 
-mod balance;
 pub mod accesslog;
+mod balance;
 pub mod defaults;
 mod discovery;
 mod file;
 mod hostmatch;
+mod http2;
 mod keysource;
 mod locate;
 pub mod units;
@@ -26,6 +27,7 @@ use std::time::Duration;
 pub use balance::BalanceFactor;
 pub use discovery::{valid_dns_name, Discovery, RecordKind};
 pub use hostmatch::HostMatch;
+pub use http2::{Alpn, Http2Limits};
 pub use keysource::KeySource;
 
 /// A complete, validated configuration.
@@ -107,22 +109,27 @@ pub struct Listener {
     /// Peers that must start each connection with a PROXY protocol header
     /// (`None`: the protocol is off and the TCP peer is the client).
     pub proxy_protocol: Option<Vec<ipnet::IpNet>>,
+    /// A plain listener also serves HTTP/2 with prior knowledge.
+    pub h2c: bool,
 }
 
 impl Listener {
-    /// Whether `new` can replace `self` without a restart: the socket and
-    /// whether it speaks TLS must stay; certificates (reloaded in place)
-    /// and the Origin policy (read per request) may change.
+    /// Whether `new` can replace `self` without a restart: the socket,
+    /// whether it speaks TLS and what it offers in ALPN must stay;
+    /// certificates (reloaded in place), the Origin policy (read per
+    /// request) and `h2c` (read per connection) may change.
     pub fn same_socket(&self, new: &Listener) -> bool {
         self.name == new.name
             && self.address == new.address
-            && self.tls.is_some() == new.tls.is_some()
+            && self.tls.as_ref().map(|t| &t.alpn) == new.tls.as_ref().map(|t| &t.alpn)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
     pub certificates: Vec<Certificate>,
+    /// Offered in this order (`config::http2`).
+    pub alpn: Vec<Alpn>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +230,7 @@ pub struct Limits {
     /// New connections from one IP address per second, with a burst of
     /// the same size (`None`: no limit).
     pub new_connections_per_ip_per_second: Option<u32>,
+    pub http2: Http2Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -638,12 +646,19 @@ impl Validator<'_> {
                 }
                 self.networks(&key, &p.accept_from)
             });
+            if l.h2c && tls.is_some() {
+                self.problem(
+                    &format!("{path}.h2c"),
+                    "h2c is for plain listeners; a TLS listener offers h2 in tls.alpn",
+                );
+            }
             out.push(Listener {
                 name: l.name,
                 address,
                 tls,
                 allowed_origins,
                 proxy_protocol,
+                h2c: l.h2c,
             });
         }
         out
@@ -676,7 +691,8 @@ impl Validator<'_> {
                 generate_if_missing: c.generate_if_missing,
             });
         }
-        Tls { certificates }
+        let alpn = self.alpn(&format!("{path}.alpn"), t.alpn);
+        Tls { certificates, alpn }
     }
 
     fn pools(&mut self, pools: std::collections::BTreeMap<String, file::FilePool>) -> Vec<Pool> {
@@ -955,6 +971,7 @@ impl Validator<'_> {
                 "new_connections_per_ip_per_second",
                 l.new_connections_per_ip_per_second,
             ),
+            http2: self.http2_limits(l.http2),
         }
     }
 }

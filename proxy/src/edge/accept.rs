@@ -1,7 +1,8 @@
 //! One listener's accept loop and what happens to each connection it
-//! accepts, up to the HTTP/1.1 connection: the PROXY header from an allowed
+//! accepts, up to the HTTP connection: the PROXY header from an allowed
 //! balancer (`proxied`), admission under the limits (`routing::admission`),
-//! TLS (`tlsconn`), then hyper with upgrades.
+//! TLS (`tlsconn`), then hyper: HTTP/1.1 with upgrades, or HTTP/2 (`http2`)
+//! when ALPN chose `h2` or an `h2c` listener's client sent the preface.
 //!
 //! wsgate accepts on its own sockets (`listeners` owns them) rather than in
 //! pingora's listening service, so that a reload can start and stop one
@@ -107,7 +108,7 @@ impl Listening {
         let routing = self.gateway.routing();
         // The snapshot is held only until the client's address is known (a
         // bounded PROXY header read at most), not for the connection's life.
-        let (limits, timeouts, max_header_bytes, local, addr) = {
+        let (limits, timeouts, max_header_bytes, local, addr, h2c) = {
             let snapshot = routing.snapshot.load();
             let config = &snapshot.config;
             let listener = config
@@ -152,6 +153,7 @@ impl Listening {
                 config.limits.max_header_bytes,
                 local,
                 addr,
+                listener.h2c,
             )
         };
         let slot = match routing.admission.admit(addr.ip(), &limits, Instant::now()) {
@@ -175,12 +177,24 @@ impl Listening {
             write_timeout: timeouts.write,
             max_header_bytes,
         };
+        let h2 = super::http2::Http2 {
+            gateway: self.gateway.clone(),
+            idle_timeout: timeouts.handshake,
+            max_header_bytes,
+            limits: limits.http2,
+        };
         async move {
             match &self.tls {
+                None if h2c && super::http2::sends_preface(&tcp, timeouts.handshake).await => {
+                    h2.serve_watched(tcp, client, closing, timeouts.write).await
+                }
                 None => http.serve(tcp, client, closing).await,
                 Some(config) => {
                     let accept = super::tlsconn::accept(tcp, config.clone());
                     match tokio::time::timeout(timeouts.handshake, accept).await {
+                        Ok(Ok(tls)) if tls.negotiated_h2() => {
+                            h2.serve_watched(tls, client, closing, timeouts.write).await
+                        }
                         Ok(Ok(tls)) => http.serve(tls, client, closing).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -280,6 +294,27 @@ impl Http1 {
                         tracing::debug!("client stopped reading while closing; closed");
                     }
                 }
+            }
+        }
+    }
+}
+
+impl super::http2::Http2 {
+    /// Serves the connection as HTTP/2 under the write timeout: a client
+    /// that stops reading the responses in flight is cut, as on HTTP/1.1.
+    async fn serve_watched<I>(
+        self,
+        io: I,
+        client: Arc<ClientInfo>,
+        closing: watch::Receiver<bool>,
+        write_timeout: Duration,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::select! {
+            () = self.serve(io, client.clone(), closing) => {}
+            () = unread_response(&client, write_timeout) => {
+                tracing::debug!(timeout = ?write_timeout, "HTTP/2 client stopped reading its responses; closed");
             }
         }
     }

@@ -155,7 +155,11 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certificates.clone());
-    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    server.alpn_protocols = tls
+        .alpn
+        .iter()
+        .map(|a| a.id().as_bytes().to_vec())
+        .collect();
     // Stateless session tickets (the state travels encrypted in the ticket,
     // under keys that rotate): resumption then works for any number of
     // clients, where rustls' default in-memory cache holds 256 sessions.
@@ -190,6 +194,7 @@ mod tests {
                 server_names: vec![],
                 generate_if_missing: false,
             }],
+            alpn: crate::config::defaults::ALPN.to_vec(),
         }
     }
 
@@ -206,6 +211,7 @@ mod tests {
                 server_names: vec![],
                 generate_if_missing: false,
             }],
+            alpn: crate::config::defaults::ALPN.to_vec(),
         })
         .unwrap()
         .0;

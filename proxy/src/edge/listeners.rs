@@ -578,6 +578,7 @@ mod tests {
             tls: None,
             allowed_origins: None,
             proxy_protocol: None,
+            h2c: false,
         };
         let listener = bind_socket(&config).unwrap();
         listener.set_nonblocking(false).unwrap();

@@ -8,6 +8,10 @@
 //! the lock `tokio::io::split` takes. The tunnel gets a task of its own,
 //! spawned once the types are known, so that task holds exactly one
 //! tunnel's state and nothing of the handshake.
+//!
+//! A WebSocket over HTTP/2 is one stream of a connection hyper keeps
+//! serving, so it cannot be taken out: its tunnel runs on the `Upgraded`
+//! stream itself, split into halves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,7 +67,7 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
         .started(&ctx.client.listener.name, version_name(ctx.version));
     let end = End {
         routing: ctx.routing,
-        client: ctx.client.hold.clone(),
+        client: ctx.hold,
         guard,
         signal,
         session: ctx.session,
@@ -77,8 +81,9 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
 struct End {
     routing: Arc<Routing>,
     /// What the tunnel keeps of its client connection: its slot under the
-    /// connection limits, its listener and HTTP version (not the whole
-    /// `ClientInfo`: see `gateway::ClientHold`).
+    /// connection limits (a WebSocket over HTTP/2 has one of its own), its
+    /// listener and HTTP version (not the whole `ClientInfo`: see
+    /// `gateway::ClientHold`).
     client: Arc<crate::gateway::ClientHold>,
     /// Keeps the tunnel registered; names its pool and backend.
     guard: ConnGuard,
@@ -150,9 +155,16 @@ fn spawn_tunnel(
         }
         Err(other) => other,
     };
-    let tls = client
-        .downcast::<TokioIo<TlsConn>>()
-        .map_err(|_| "the client connection is neither TCP nor TLS over TCP")?;
+    let tls = match client.downcast::<TokioIo<TlsConn>>() {
+        Ok(tls) => tls,
+        // An HTTP/2 stream (RFC 8441): it stays inside hyper, whose
+        // connection task carries its DATA frames.
+        Err(stream) => {
+            let (read, write) = tokio::io::split(TokioIo::new(stream));
+            spawn_in_current_span(stream_tunnel(read, write, rest));
+            return Ok(());
+        }
+    };
     let client_early = Early::new(tls.read_buf);
     // A TLS session reads and writes through one state; this split takes an
     // uncontended lock per operation (both halves run in one task). Split
@@ -186,6 +198,19 @@ fn tls_tunnel(
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let mut client = Side::new(read, write, client_early);
+        run_to_end(&mut client, &mut rest).await;
+    }
+}
+
+/// The task of a WebSocket over an HTTP/2 stream (RFC 8441): the stream
+/// stays inside hyper, whose connection task carries its DATA frames.
+fn stream_tunnel(
+    read: ReadHalf<TokioIo<Upgraded>>,
+    write: WriteHalf<TokioIo<Upgraded>>,
+    mut rest: Rest,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let mut client = Side::new(read, write, Early::default());
         run_to_end(&mut client, &mut rest).await;
     }
 }

@@ -173,6 +173,11 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Tls
 }
 
 impl TlsConn {
+    /// The client and wsgate agreed on HTTP/2 in ALPN.
+    pub fn negotiated_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(b"h2")
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if !self.conn.is_handshaking() {

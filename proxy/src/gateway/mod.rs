@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | this one | one request from route to response or upgrade | network |
 //! | [`handshake`] | is this an upgrade attempt, and is it a valid one | none |
+//! | [`h2ws`] | WebSockets over HTTP/2 (RFC 8441): the extended CONNECT, the backend's upgrade made from it, the client's 200 | none |
 //! | [`upstream`] | backend connect and request with timeouts, 502/504 classification, what counts against a backend | network |
 //! | [`forwarding`] | hop-by-hop headers, `X-Forwarded-*`/`Forwarded` by trust | none |
 //! | [`response`] | the response body, watched so a client that stops reading is cut | none |
@@ -31,6 +32,7 @@ use hyper::upgrade::OnUpgrade;
 use tracing::Instrument;
 
 mod forwarding;
+mod h2ws;
 pub(crate) mod handshake;
 mod observed;
 mod response;
@@ -149,6 +151,11 @@ pub struct TunnelStart {
     pub version: http::Version,
     /// The session's access-line facts, while the access log is on.
     pub session: Option<Box<crate::observe::record::WsSession>>,
+    /// What the tunnel keeps for its whole life: the connection's
+    /// `ClientInfo::hold`, or for a WebSocket over HTTP/2 a hold with a
+    /// connection slot of its own, as the HTTP/1.1 connection it stands
+    /// for would take (it holds a backend socket all the same).
+    pub hold: Arc<ClientHold>,
 }
 
 /// Shared by every connection of the process.
@@ -190,6 +197,7 @@ impl Gateway {
         let version = req.version();
         let snapshot = self.routing.snapshot.load();
         let config = &snapshot.config;
+        h2ws::authority_as_host(&mut req);
         let host = request_host(&req)?;
         let matched = decide::match_route(&config.routes, &host, req.uri().path())
             .map_err(Refusal::undecided)?;
@@ -204,8 +212,18 @@ impl Gateway {
             std::borrow::Cow::Borrowed(_) => None,
         };
 
-        let is_ws = handshake::is_upgrade_attempt(req.headers());
-        if is_ws {
+        // A WebSocket over HTTP/2 (RFC 8441) is validated by its own rules,
+        // then takes every step an HTTP/1.1 upgrade does.
+        let over_h2 = h2ws::is_connect(&req);
+        let is_ws = over_h2 || handshake::is_upgrade_attempt(req.headers());
+        if over_h2 {
+            h2ws::validate(&req).map_err(|e| Refusal {
+                status: e.status(),
+                reason: e.to_string(),
+                version_hint: e == h2ws::H2HandshakeError::UnsupportedVersion,
+                retry_after: None,
+            })?;
+        } else if is_ws {
             handshake::validate(req.method(), req.version(), req.headers()).map_err(|e| {
                 Refusal {
                     status: e.status(),
@@ -214,6 +232,8 @@ impl Gateway {
                     retry_after: None,
                 }
             })?;
+        }
+        if is_ws {
             // The listener's policy as of now; one a reload just removed
             // (its connections are closing) keeps the policy it had.
             let listener = config
@@ -298,11 +318,30 @@ impl Gateway {
             .get(route.pool)
             .filter(|p| p.send_proxy_protocol)
             .map(|_| proxy_header(client));
+        let stream_slot = if over_h2 {
+            let now = std::time::Instant::now();
+            let admitted = self
+                .routing
+                .admission
+                .admit(client.addr.ip(), &config.limits, now);
+            Some(admitted.map_err(|refusal| Refusal {
+                retry_after: Some(RETRY_AFTER_SECONDS),
+                ..Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("over the connection limits: {refusal:?}"),
+                )
+            })?)
+        } else {
+            None
+        };
         let answered = if is_ws {
             let client_side = hyper::upgrade::on(&mut req);
             // Validated above: an upgrade attempt has exactly one key.
-            let ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
-            let (parts, _) = req.into_parts();
+            let mut ws_key = req.headers().get(handshake::SEC_WEBSOCKET_KEY).cloned();
+            let (mut parts, _) = req.into_parts();
+            if over_h2 {
+                ws_key = Some(h2ws::to_backend_upgrade(&mut parts));
+            }
             let wire = forwarding::upgrade_request(
                 &parts,
                 hop,
@@ -403,8 +442,21 @@ impl Gateway {
                         client: client.clone(),
                         version,
                         session,
+                        hold: match stream_slot {
+                            Some(slot) => Arc::new(ClientHold {
+                                listener: client.listener.clone(),
+                                version,
+                                _slot: slot,
+                            }),
+                            None => client.hold.clone(),
+                        },
                     },
                     span,
+                };
+                let head = if over_h2 {
+                    h2ws::client_answer(head)
+                } else {
+                    head
                 };
                 let (parts, ()) = head.into_parts();
                 Ok((Response::from_parts(parts, empty()), Some(upgrade)))

@@ -1,0 +1,117 @@
+// Browser test of HTTP/2 through wsgate, run with `node --test h2.test.mjs`.
+//
+// Real processes: one chat backend (rooms in memory) and wsgate with its
+// generated dev certificate, offering h2 and http/1.1 in ALPN (the
+// default). Headless Debian Chromium (playwright-core) loads the chat page;
+// the DevTools protocol says which protocol the page came over (it must be
+// h2) and how the page's WebSocket was opened: a 200 to an extended
+// CONNECT is RFC 8441 over HTTP/2, a 101 is an HTTP/1.1 upgrade. Either is
+// a pass for the WebSocket (which one Chromium uses is its choice); the
+// test prints which, and the page must chat.
+//
+// Needs: `cargo build --workspace --bins`, chromium, and `npm ci` here.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
+const BIN = (name) => path.join(TARGET, 'debug', name);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const STEP_MS = 20000;
+
+const procs = [];
+
+/// Spawns a process and resolves with the first line (stdout) matching `ready`.
+function start(cmd, args, ready) {
+  const child = spawn(cmd, args, {
+    env: { ...process.env, RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  procs.push(child);
+  const lines = createInterface({ input: child.stdout });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${cmd} not ready in time`)), STEP_MS);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${cmd} exited with ${code} before it was ready`));
+    });
+    lines.on('line', (line) => {
+      const m = line.match(ready);
+      if (m) {
+        clearTimeout(timer);
+        child.removeAllListeners('exit');
+        resolve(m);
+      }
+    });
+  });
+}
+
+test('Chromium loads the chat page over HTTP/2 through wsgate and chats', { timeout: 120000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wsgate-h2-browser-'));
+  let context;
+  try {
+    const [, backend] = await start(BIN('chat-backend'), ['--listen', '127.0.0.1:0', '--id', 'chat-a'],
+      / listening on (\S+)$/);
+    fs.writeFileSync(path.join(dir, 'wsgate.yaml'), `listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates:
+        - { cert: dev.crt, key: dev.key, generate_if_missing: true }
+routes:
+  - path_prefix: /
+    pool: chat
+    sticky_key: [ "query:user" ]
+pools:
+  chat:
+    backends:
+      - { id: chat-a, address: "${backend}" }
+`);
+    const [, port] = await start(BIN('wsgate'), ['run', '-c', path.join(dir, 'wsgate.yaml')],
+      /^wsgate: listener public on https:\/\/127\.0\.0\.1:(\d+)/);
+
+    context = await chromium.launchPersistentContext(path.join(dir, 'profile'), {
+      executablePath: CHROMIUM,
+      headless: true,
+      ignoreHTTPSErrors: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    context.setDefaultTimeout(STEP_MS);
+    const page = await context.newPage();
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Network.enable');
+    const protocols = new Map();
+    cdp.on('Network.responseReceived', (e) => protocols.set(e.response.url, e.response.protocol));
+    let wsStatus;
+    cdp.on('Network.webSocketHandshakeResponseReceived', (e) => { wsStatus = e.response.status; });
+
+    const url = `https://localhost:${port}/?user=alice&room=h2`;
+    await page.goto(url);
+    assert.equal(protocols.get(url), 'h2', `the page came over ${protocols.get(url)}`);
+    await page.click('#join button[type=submit]');
+    await page.waitForSelector('#status[data-state="connected"]');
+    assert.equal(await page.textContent('#backend'), 'chat-a');
+    await page.fill('#text', 'hello over h2');
+    await page.press('#text', 'Enter');
+    await page.waitForFunction(
+      (t) => [...document.querySelectorAll('#messages li.message .text')].some((e) => e.textContent === t),
+      'hello over h2',
+    );
+    assert.ok(wsStatus === 200 || wsStatus === 101, `WebSocket handshake status ${wsStatus}`);
+    console.log(`page protocol: h2; WebSocket: ${wsStatus === 200 ? 'HTTP/2 (RFC 8441, 200)' : 'HTTP/1.1 (101)'}`);
+  } finally {
+    if (context) await context.close();
+    for (const child of procs.reverse()) child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

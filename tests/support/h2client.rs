@@ -1,0 +1,262 @@
+//! An HTTP/2 client for the end-to-end tests: one TLS connection to wsgate
+//! that offers only `h2` in ALPN, driven by the `h2` crate, with plain
+//! requests and WebSockets over its streams (RFC 8441 extended CONNECT) as
+//! tokio-tungstenite streams. Every network await has a timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{client_tls, Gate, STEP};
+
+/// A WebSocket on one HTTP/2 stream.
+pub type H2Ws = WebSocketStream<H2Io>;
+
+/// One HTTP/2 connection to wsgate; its frames are driven by a task of its
+/// own, which ends when the connection does.
+pub struct H2Conn {
+    send: SendRequest<Bytes>,
+    pub port: u16,
+    driver: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+impl Drop for H2Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// What wsgate answered an extended CONNECT.
+pub enum Opened {
+    WebSocket(http::Response<()>, Box<H2Ws>),
+    Refused(StatusCode, HeaderMap, String),
+}
+
+impl H2Conn {
+    /// Connects over TLS with ALPN `h2` only, and waits for wsgate's
+    /// SETTINGS to allow extended CONNECT.
+    pub async fn open(gate: &Gate) -> Result<H2Conn> {
+        let mut tls = (*client_tls(&gate.cert())?).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::time::timeout(STEP, TcpStream::connect(gate.addr())).await??;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let stream = tokio::time::timeout(
+            STEP,
+            tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp),
+        )
+        .await??;
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!("wsgate did not choose h2 in ALPN");
+        }
+        H2Conn::handshake(stream, gate.addr().port()).await
+    }
+
+    /// HTTP/2 with prior knowledge on a plain listener (`h2c: true`).
+    pub async fn open_plain(gate: &Gate) -> Result<H2Conn> {
+        let tcp = tokio::time::timeout(STEP, TcpStream::connect(gate.addr())).await??;
+        H2Conn::handshake(tcp, gate.addr().port()).await
+    }
+
+    async fn handshake<T>(io: T, port: u16) -> Result<H2Conn>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, conn) = tokio::time::timeout(STEP, h2::client::handshake(io)).await??;
+        let driver = tokio::spawn(conn);
+        let mut send = tokio::time::timeout(STEP, send.ready()).await??;
+        // The server's SETTINGS arrive after the handshake returns; poll
+        // for the flag they set, bounded.
+        let deadline = tokio::time::Instant::now() + STEP;
+        while !send.is_extended_connect_protocol_enabled() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("wsgate never enabled extended CONNECT");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            send = tokio::time::timeout(STEP, send.ready()).await??;
+        }
+        Ok(H2Conn { send, port, driver })
+    }
+
+    /// Whether the connection is still up (its driver has not ended).
+    pub fn is_open(&self) -> bool {
+        !self.driver.is_finished()
+    }
+
+    fn uri(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// Opens a WebSocket on a new stream: `:protocol websocket`,
+    /// `Sec-WebSocket-Version: 13` and `headers` (replacing any of the same name).
+    pub async fn websocket(&self, path: &str, headers: &[(&str, &str)]) -> Result<Opened> {
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .version(Version::HTTP_2)
+            .uri(self.uri(path))
+            .extension(h2::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(())?;
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes())?,
+                http::HeaderValue::from_str(value)?,
+            );
+        }
+        self.connect(req).await
+    }
+
+    /// Sends `req` (a CONNECT) on a new stream and waits for the answer.
+    pub async fn connect(&self, req: Request<()>) -> Result<Opened> {
+        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
+        let (response, stream) = send.send_request(req, false)?;
+        let response = tokio::time::timeout(STEP, response)
+            .await
+            .context("no answer to the CONNECT")??;
+        let (parts, recv) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let body = read_body(recv).await.unwrap_or_default();
+            return Ok(Opened::Refused(
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            ));
+        }
+        let io = H2Io {
+            send: stream,
+            recv,
+            buf: Bytes::new(),
+            ended: false,
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let ws = WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
+        Ok(Opened::WebSocket(
+            http::Response::from_parts(parts, ()),
+            Box::new(ws),
+        ))
+    }
+
+    /// Sends `req` and returns its stream at once, without waiting for an
+    /// answer (for resetting it).
+    pub async fn raw_request(&self, req: Request<()>) -> Result<SendStream<Bytes>> {
+        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
+        let (_response, stream) = send.send_request(req, false)?;
+        Ok(stream)
+    }
+
+    /// A GET on a new stream: status, headers and the whole body.
+    pub async fn get(&self, path: &str) -> Result<(StatusCode, HeaderMap, Vec<u8>)> {
+        let req = Request::builder()
+            .method(Method::GET)
+            .version(Version::HTTP_2)
+            .uri(self.uri(path))
+            .body(())?;
+        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
+        let (response, _) = send.send_request(req, true)?;
+        let response = tokio::time::timeout(STEP, response).await??;
+        let (parts, recv) = response.into_parts();
+        Ok((parts.status, parts.headers, read_body(recv).await?))
+    }
+}
+
+async fn read_body(mut recv: RecvStream) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(STEP, recv.data()).await? {
+        let chunk = chunk?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// One HTTP/2 stream as a byte stream: DATA frames in, DATA frames out.
+pub struct H2Io {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    buf: Bytes,
+    ended: bool,
+}
+
+impl H2Io {
+    /// Resets the stream (RST_STREAM CANCEL), as a browser closing a tab does.
+    pub fn reset(&mut self) {
+        self.send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl AsyncRead for H2Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.buf.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.buf = data;
+                }
+            }
+        }
+        let n = self.buf.len().min(out.remaining());
+        out.put_slice(&self.buf.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            let n = self.send.capacity().min(buf.len());
+            if n > 0 {
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                self.send.send_data(data, false).map_err(h2_io)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(self.send.poll_capacity(cx)) {
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            // The stream may already be reset by the peer; nothing to end.
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
