@@ -101,6 +101,7 @@ mod tests {
                     pending_closes: 0,
                 }],
                 discovery: None,
+                balance: None,
             }],
             reload: None,
             shutting_down: false,

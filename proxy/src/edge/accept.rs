@@ -170,6 +170,7 @@ impl Listening {
             (self.config.clone(), self.id.clone()),
             local,
             slot,
+            routing.clone(),
         ));
         let http = Http1 {
             gateway: self.gateway.clone(),

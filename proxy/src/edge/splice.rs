@@ -26,7 +26,6 @@ use super::tlsconn::TlsConn;
 use crate::gateway::{BackendSide, TunnelStart, Upgrade};
 use crate::observe::record::{version_name, ws_line, WsSession};
 use crate::routing::registry::ConnGuard;
-use crate::routing::Routing;
 use crate::tunnel::{self, CloseSignal, Early, Side, TunnelConfig, TunnelReport};
 
 /// Spawns the task that waits for both upgrades, then the tunnel.
@@ -66,7 +65,6 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
         .stats
         .started(&ctx.client.listener.name, version_name(ctx.version));
     let end = End {
-        routing: ctx.routing,
         client: ctx.hold,
         guard,
         signal,
@@ -79,7 +77,6 @@ async fn start(client: OnUpgrade, backend: BackendSide, ctx: TunnelStart) {
 
 /// Keeps the tunnel registered while it runs, and records how it ended.
 struct End {
-    routing: Arc<Routing>,
     /// What the tunnel keeps of its client connection: its slot under the
     /// connection limits (a WebSocket over HTTP/2 has one of its own), its
     /// listener and HTTP version (not the whole `ClientInfo`: see
@@ -95,11 +92,11 @@ struct End {
 impl End {
     fn finish(&self, report: TunnelReport) {
         if let Some(cause) = report.cause {
-            self.routing.registry.closes.record(cause);
+            self.client.routing.registry.closes.record(cause);
         }
         let key = self.guard.backend();
         let version = version_name(self.client.version);
-        let observe = &self.routing.observe;
+        let observe = &self.client.routing.observe;
         observe.stats.ended(
             &self.client.listener.name,
             version,
@@ -110,7 +107,7 @@ impl End {
         if let Some(session) = &self.session {
             // The format in force now: a reload may have changed it, or
             // turned the log off.
-            let snapshot = self.routing.snapshot.load();
+            let snapshot = self.client.routing.snapshot.load();
             if let Some(log) = &snapshot.config.access_log {
                 let line = ws_line(log.format, session, &key.pool, &key.id, &report);
                 observe.access_log.send(line);
