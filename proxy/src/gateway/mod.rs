@@ -113,7 +113,7 @@ impl ClientInfo {
 /// What a tunnel keeps of its client's connection for its whole life: the
 /// place under the connection limits, and the labels its end is counted
 /// under. Not the whole `ClientInfo` (224 bytes, mostly state of the HTTP
-/// exchange that an upgraded connection no longer has): one 64-byte
+/// exchange that an upgraded connection no longer has): one 80-byte
 /// allocation per idle WebSocket.
 pub struct ClientHold {
     /// The process's routing state, for the tunnel's end (counters, the
