@@ -40,21 +40,6 @@ async fn hello_h2(ws: &mut H2Ws) -> String {
     v["backend"].as_str().unwrap().to_string()
 }
 
-/// The code of the Close that arrives within `limit` (None: none came).
-async fn close_code_h2(ws: &mut H2Ws, limit: Duration) -> Option<u16> {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(until, ws.next()).await {
-            Ok(Some(Ok(Message::Close(frame)))) => {
-                let _ = tokio::time::timeout_at(until, ws.next()).await;
-                return Some(frame.map_or(1005, |f| u16::from(f.code)));
-            }
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
-    }
-}
-
 /// Sends a `size`-byte message cut into three fragments with a Ping
 /// between each, and checks the echo and both Pongs.
 async fn echo_fragmented(ws: &mut H2Ws, size: usize, seed: u8) {
@@ -184,7 +169,7 @@ async fn a_hundred_websocket_streams_on_one_connection_reach_their_users_backend
             reason: "bye".into(),
         };
         H2Ws::close(&mut **ws, Some(normal)).await.unwrap();
-        assert_eq!(close_code_h2(ws, STEP).await, Some(1000));
+        assert_eq!(close_within(ws, STEP).await, Some(1000));
     }
     for ws in done.iter_mut().skip(10) {
         ws.send(Message::text("still here")).await.unwrap();
@@ -298,7 +283,7 @@ async fn drain_closes_only_the_drained_backends_streams_with_1012() {
     let drained = on.remove("b2").unwrap();
     let n = drained.len();
     let codes: Vec<Option<u16>> = stream::iter(drained)
-        .map(|mut ws| async move { close_code_h2(&mut ws, Duration::from_secs(10)).await })
+        .map(|mut ws| async move { close_within(&mut ws, Duration::from_secs(10)).await })
         .buffer_unordered(64)
         .collect()
         .await;
@@ -391,11 +376,11 @@ async fn shutdown_sends_goaway_then_a_1001_on_each_stream() {
     hello_h2(&mut b).await;
     gate.proc.signal("TERM");
     assert_eq!(
-        close_code_h2(&mut a, Duration::from_secs(10)).await,
+        close_within(&mut a, Duration::from_secs(10)).await,
         Some(1001)
     );
     assert_eq!(
-        close_code_h2(&mut b, Duration::from_secs(10)).await,
+        close_within(&mut b, Duration::from_secs(10)).await,
         Some(1001)
     );
     // The GOAWAY came first, on the same connection: no new stream.

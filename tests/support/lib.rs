@@ -782,7 +782,10 @@ impl CliHandle {
 
 /// The code of the Close frame that arrives within `limit`, else None
 /// (also when the stream errs or ends without one).
-pub async fn close_within(ws: &mut Ws, limit: Duration) -> Option<u16> {
+pub async fn close_within<S>(ws: &mut WebSocketStream<S>, limit: Duration) -> Option<u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let until = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(until, ws.next()).await {

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use super::api::{BackendStatus, DiscoveryStatus, Status};
+use crate::observe::stats::{header, label};
 
 /// Everything `/metrics` shows, taken from the control task in one message.
 pub(crate) struct Metrics {
@@ -23,17 +24,6 @@ pub(crate) struct Metrics {
     pub access_log_dropped: u64,
     /// The session metrics (`observe::stats`), already rendered.
     pub sessions: String,
-}
-
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Writes one gauge family with a sample per backend.
