@@ -88,7 +88,8 @@ impl RedisEngine {
         });
         let (commands, rx) = mpsc::unbounded_channel();
         let history_size = settings.history_size;
-        match target {
+        // Each arm connects and starts its subscriber; the engine is the same.
+        let conn = match target {
             Target::Single(url) => {
                 let client = Client::open(url)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
@@ -102,13 +103,7 @@ impl RedisEngine {
                     delivery: Delivery::new(conn.clone(), hub.clone(), history_size),
                 };
                 tokio::spawn(subscriber.run(rx));
-                Ok(RedisEngine {
-                    conn,
-                    hub,
-                    settings,
-                    scripts,
-                    commands,
-                })
+                conn
             }
             Target::Cluster(nodes) => {
                 let conn = Conn::Cluster(connect_cluster(&nodes).await?);
@@ -122,15 +117,16 @@ impl RedisEngine {
                 let sub = bounded(client.get_async_connection()).await?;
                 let delivery = Delivery::new(conn.clone(), hub.clone(), history_size);
                 tokio::spawn(sharded::Sharded::new(sub, pushes, delivery).run(rx));
-                Ok(RedisEngine {
-                    conn,
-                    hub,
-                    settings,
-                    scripts,
-                    commands,
-                })
+                conn
             }
-        }
+        };
+        Ok(RedisEngine {
+            conn,
+            hub,
+            settings,
+            scripts,
+            commands,
+        })
     }
 
     pub async fn position(&self, room: &str) -> Result<Position, EngineError> {
