@@ -23,6 +23,7 @@
 pub mod conn;
 pub mod delivery;
 pub mod keys;
+pub mod probe;
 pub mod sharded;
 pub mod subscriber;
 pub mod target;

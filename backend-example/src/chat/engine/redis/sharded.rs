@@ -24,8 +24,15 @@
 //! harmless), then the history stream fills what was published meanwhile.
 //! A message that arrives twice (two subscriptions for a moment) is dropped
 //! by its offset; a presence change may then be shown twice.
+//!
+//! A resubscribed room is only trusted once a [`probe`] published through
+//! its master has come back on the subscription (the `SSUBSCRIBE` may have
+//! landed on the old master, now a replica, where nothing arrives). A probe
+//! that does not come back within [`PROBE_TIMEOUT`] marks the room lost
+//! again; a confirmed one fills the history once more, which covers what
+//! was published while the subscription was not yet proven.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
@@ -37,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::conn::bounded;
 use super::delivery::{Command, Delivery, Watched};
 use super::keys::{channel, meta_key, room_of_channel};
+use super::probe;
 use crate::chat::engine::EngineError;
 use crate::chat::event::Event;
 
@@ -45,6 +53,16 @@ use crate::chat::event::Event;
 const FIRST_RESYNC_DELAY: Duration = Duration::from_millis(200);
 /// Longest wait between resync attempts (a failover in progress).
 const MAX_RESYNC_DELAY: Duration = Duration::from_secs(2);
+/// How long a probe has to come back before its room is resynced again. A
+/// probe normally returns in milliseconds; this only bounds a subscription
+/// that is dead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A probe on its way back.
+struct Pending {
+    nonce: u64,
+    deadline: Instant,
+}
 
 /// Owns the sharded subscriber; see the module docs.
 pub struct Sharded {
@@ -55,6 +73,9 @@ pub struct Sharded {
     lost: HashSet<String>,
     resync_at: Option<Instant>,
     delay: Duration,
+    /// Resubscribed rooms whose probe has not come back yet.
+    probes: HashMap<String, Pending>,
+    next_nonce: u64,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -74,14 +95,21 @@ impl Sharded {
             lost: HashSet::new(),
             resync_at: None,
             delay: FIRST_RESYNC_DELAY,
+            probes: HashMap::new(),
+            // Distinct from other backends' probes in the same room.
+            next_nonce: rand::random(),
         }
     }
 
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
-            let resync_at = self.resync_at;
+            let first_deadline = self.probes.values().map(|p| p.deadline).min();
+            let wake = match (self.resync_at, first_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let resync = async move {
-                match resync_at {
+                match wake {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -95,7 +123,12 @@ impl Sharded {
                     let Some(push) = push else { return };
                     self.push(push).await;
                 }
-                () = resync => self.resync().await,
+                () = resync => {
+                    self.expire_probes();
+                    if self.resync_at.is_some_and(|at| at <= Instant::now()) {
+                        self.resync().await;
+                    }
+                }
             }
         }
     }
@@ -129,6 +162,7 @@ impl Sharded {
             Command::Unwatch(room) => {
                 if !d.hub.has_room(&room) && d.rooms.remove(&room).is_some() {
                     self.lost.remove(&room);
+                    self.probes.remove(&room);
                     if let Err(err) = bounded(self.conn.sunsubscribe(channel(&room))).await {
                         debug!(%err, room, "redis cluster: sunsubscribe failed");
                     }
@@ -146,6 +180,13 @@ impl Sharded {
                 ) else {
                     return;
                 };
+                if let Some((room, nonce)) = probe::parse(&payload) {
+                    if room_of_channel(&chan) == Some(&*room) {
+                        let room = room.into_owned();
+                        self.probe_returned(room, nonce).await;
+                    }
+                    return;
+                }
                 let Some(event) = Event::from_wire(payload) else {
                     debug!(channel = chan, "ignoring malformed event");
                     return;
@@ -165,6 +206,7 @@ impl Sharded {
                 };
                 if self.delivery.rooms.contains_key(&room) {
                     info!(room, "redis cluster: shard moved; resubscribing");
+                    self.probes.remove(&room);
                     self.lost.insert(room);
                     self.schedule(Duration::ZERO);
                 }
@@ -173,10 +215,67 @@ impl Sharded {
                 let rooms = self.delivery.rooms.len();
                 info!(rooms, "redis cluster: a node connection dropped; resyncing");
                 self.lost.extend(self.delivery.rooms.keys().cloned());
+                self.probes.clear();
                 self.delay = FIRST_RESYNC_DELAY;
                 self.schedule(FIRST_RESYNC_DELAY);
             }
             _ => {}
+        }
+    }
+
+    /// Publishes a probe for `room` through its master (see [`probe`]).
+    async fn send_probe(&mut self, room: &str, nonce: u64) -> Result<(), EngineError> {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(probe::SCRIPT)
+            .arg(1)
+            .arg(meta_key(room))
+            .arg(channel(room))
+            .arg(probe::payload(room, nonce));
+        bounded(eval.query_async::<i64>(&mut self.conn)).await?;
+        Ok(())
+    }
+
+    /// A probe came back: if it is the one awaited, the room's subscription
+    /// is proven live; what it missed before is filled.
+    async fn probe_returned(&mut self, room: String, nonce: u64) {
+        if self.probes.get(&room).is_none_or(|p| p.nonce != nonce) {
+            return;
+        }
+        self.probes.remove(&room);
+        self.fill(&room).await;
+        info!(room, "redis cluster: room resubscribed");
+    }
+
+    /// Rooms whose probe did not come back in time are lost again.
+    fn expire_probes(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(room, _)| room.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for room in expired {
+            self.probes.remove(&room);
+            warn!(
+                room,
+                "redis cluster: the subscription did not deliver a probe; resubscribing"
+            );
+            self.lost.insert(room);
+        }
+        let delay = self.delay;
+        self.schedule(delay);
+        self.delay = (self.delay * 2).min(MAX_RESYNC_DELAY);
+    }
+
+    /// Delivers what `room` stored after its last delivered message.
+    async fn fill(&mut self, room: &str) {
+        let last = self.delivery.rooms.get(room).and_then(|w| w.last.clone());
+        if let Some(last) = last {
+            self.delivery.fill(room, &last, u64::MAX).await;
         }
     }
 
@@ -188,6 +287,7 @@ impl Sharded {
         self.delivery.rooms.retain(|room, _| hub.has_room(room));
         let rooms = &self.delivery.rooms;
         self.lost.retain(|room| rooms.contains_key(room));
+        self.probes.retain(|room, _| rooms.contains_key(room));
         let lost: Vec<String> = self.lost.iter().cloned().collect();
         let mut failed = 0;
         for room in lost {
@@ -199,14 +299,22 @@ impl Sharded {
                 Ok(_) => bounded(self.conn.ssubscribe(channel(&room))).await,
                 Err(err) => Err(err),
             };
+            let nonce = self.next_nonce;
+            self.next_nonce = self.next_nonce.wrapping_add(1);
+            let result = match result {
+                Ok(()) => self.send_probe(&room, nonce).await,
+                Err(err) => Err(err),
+            };
             match result {
                 Ok(()) => {
                     self.lost.remove(&room);
-                    let last = self.delivery.rooms.get(&room).and_then(|w| w.last.clone());
-                    if let Some(last) = last {
-                        self.delivery.fill(&room, &last, u64::MAX).await;
-                    }
-                    info!(room, "redis cluster: room resubscribed");
+                    let deadline = Instant::now() + PROBE_TIMEOUT;
+                    self.probes
+                        .insert(room.clone(), Pending { nonce, deadline });
+                    // Fill now for a fast recovery; the probe's return
+                    // fills again once the subscription is proven.
+                    self.fill(&room).await;
+                    debug!(room, "redis cluster: room resubscribed; probing");
                 }
                 Err(err) => {
                     failed += 1;
