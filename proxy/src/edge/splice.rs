@@ -24,7 +24,8 @@ use tracing::Instrument;
 
 use super::tlsconn::TlsConn;
 use crate::gateway::{BackendSide, TunnelStart, Upgrade};
-use crate::observe::record::{version_name, ws_line, WsSession};
+use crate::observe::accesslog::Entry;
+use crate::observe::record::{version_name, WsSession};
 use crate::routing::registry::ConnGuard;
 use crate::tunnel::{self, CloseSignal, Early, Side, TunnelConfig, TunnelReport};
 
@@ -90,7 +91,7 @@ struct End {
 }
 
 impl End {
-    fn finish(&self, report: TunnelReport) {
+    fn finish(&mut self, report: TunnelReport) {
         if let Some(cause) = report.cause {
             self.client.routing.registry.closes.record(cause);
         }
@@ -104,13 +105,17 @@ impl End {
             &key.id,
             &report,
         );
-        if let Some(session) = &self.session {
+        if let Some(session) = self.session.take() {
             // The format in force now: a reload may have changed it, or
             // turned the log off.
             let snapshot = self.client.routing.snapshot.load();
             if let Some(log) = &snapshot.config.access_log {
-                let line = ws_line(log.format, session, &key.pool, &key.id, &report);
-                observe.access_log.send(line);
+                observe.access_log.send(Entry::Ws {
+                    format: log.format,
+                    session,
+                    backend: key.clone(),
+                    report,
+                });
             }
         }
         tracing::debug!(

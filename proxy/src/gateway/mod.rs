@@ -432,7 +432,6 @@ impl Gateway {
                     .handshake(pool, handshake, connect);
                 let session = config.access_log.as_ref().map(|log| {
                     observed::session(
-                        &self.routing,
                         log,
                         observed::SessionStart {
                             client,

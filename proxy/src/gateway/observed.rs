@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 
 use super::{Body, ClientInfo, Upgrade};
+use crate::observe::accesslog::Entry;
 use crate::observe::record::{self, HttpRequest};
 use crate::routing::Routing;
 
@@ -98,8 +99,11 @@ impl Logged {
     fn finish(&mut self) {
         if let Some(mut a) = self.arrival.take() {
             a.line.duration = a.arrived.elapsed();
-            let line = record::http_line(a.format, &a.line);
-            self.routing.observe.access_log.send(line);
+            let entry = Entry::Http {
+                format: a.format,
+                request: a.line,
+            };
+            self.routing.observe.access_log.send(entry);
         }
     }
 }
@@ -154,7 +158,6 @@ pub(super) struct SessionStart<'a> {
 
 /// The facts of a session's line known at its 101 (the access log is on).
 pub(super) fn session(
-    routing: &Routing,
     log: &crate::config::accesslog::AccessLog,
     s: SessionStart<'_>,
 ) -> Box<record::WsSession> {
@@ -163,11 +166,6 @@ pub(super) fn session(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-    };
-    let key = if log.log_raw_key {
-        String::from_utf8_lossy(&s.sticky.key).into_owned()
-    } else {
-        routing.observe.key_hasher.hash(&s.sticky.key)
     };
     // Backdated by the handshake: the session began with its request.
     let start = SystemTime::now()
@@ -179,7 +177,8 @@ pub(super) fn session(
         client: s.client.addr,
         route: s.route.path_prefix.clone(),
         key_source: s.sticky.from.to_string(),
-        key,
+        // Hashed (or not) by the writer thread, when the line is written.
+        key: s.sticky.key.to_vec(),
         key_raw: log.log_raw_key,
         http_version: record::version_name(s.version),
         subprotocol: header("sec-websocket-protocol"),

@@ -12,7 +12,7 @@
 //! | module | owns | I/O |
 //! |---|---|---|
 //! | [`record`] | one access line's fields, who closed first, JSON and logfmt | none |
-//! | [`accesslog`] | the bounded queue to the writer thread, reopening for rotation | files |
+//! | [`accesslog`] | the bounded queue to the writer thread, which formats and writes; reopening for rotation | files |
 //! | [`stats`] | the session counters and histograms, folded in per session; their text | none |
 //! | [`keyhash`] | the keyed hash of a sticky key (HMAC-SHA256, per-process key) | none |
 
@@ -27,5 +27,4 @@ pub(crate) mod stats;
 pub(crate) struct Observe {
     pub access_log: accesslog::AccessLog,
     pub stats: stats::SessionStats,
-    pub key_hasher: keyhash::KeyHasher,
 }

@@ -1,12 +1,14 @@
 //! One access line: its fields in order, who closed a session first, and
 //! the two formats (JSON, one object per line; logfmt, `key=value`).
-//! Pure: the data path fills a [`WsSession`] or [`HttpRequest`], this turns
-//! it into text, and `accesslog` writes it.
+//! Pure: the data path fills a [`WsSession`] or [`HttpRequest`], and the
+//! access log's writer thread turns it into text here and writes it, so
+//! formatting (and the key's hash) costs the data path nothing.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use super::keyhash::KeyHasher;
 use crate::config::accesslog::Format;
 use crate::tunnel::{CloseCause, First, PeerClose, TunnelReport};
 
@@ -23,8 +25,9 @@ pub(crate) struct WsSession {
     pub route: String,
     /// Where the sticky key came from (`query:user`, `client_ip`, ...).
     pub key_source: String,
-    /// The key's keyed hash, or the key itself with `log_raw_key`.
-    pub key: String,
+    /// The sticky key; the line shows its keyed hash, or the key itself
+    /// with `log_raw_key` (`key_raw`).
+    pub key: Vec<u8>,
     pub key_raw: bool,
     pub http_version: &'static str,
     pub subprotocol: Option<String>,
@@ -143,8 +146,14 @@ fn ws_fields<'a>(
     pool: &'a str,
     backend: &'a str,
     r: &TunnelReport,
+    hasher: &KeyHasher,
 ) -> Vec<(&'static str, Value<'a>)> {
     let (who, how) = closed_by(r);
+    let key = if s.key_raw {
+        String::from_utf8_lossy(&s.key).into_owned()
+    } else {
+        hasher.hash(&s.key)
+    };
     vec![
         ("type", Value::Str("ws")),
         ("start", Value::Owned(rfc3339(s.start))),
@@ -156,7 +165,7 @@ fn ws_fields<'a>(
         ("key_source", Value::Str(&s.key_source)),
         (
             if s.key_raw { "key" } else { "key_hash" },
-            Value::Str(&s.key),
+            Value::Owned(key),
         ),
         ("http_version", Value::Str(s.http_version)),
         ("subprotocol", opt_str(&s.subprotocol)),
@@ -212,8 +221,9 @@ pub(crate) fn ws_line(
     pool: &str,
     backend: &str,
     r: &TunnelReport,
+    hasher: &KeyHasher,
 ) -> String {
-    render(format, &ws_fields(s, pool, backend, r))
+    render(format, &ws_fields(s, pool, backend, r, hasher))
 }
 
 /// A plain HTTP request's line, without the newline.
@@ -297,7 +307,7 @@ mod tests {
             client: "192.0.2.7:50123".parse().unwrap(),
             route: "/ws".into(),
             key_source: "query:user".into(),
-            key: "5bdcc146bf60754e".into(),
+            key: b"alice".to_vec(),
             key_raw: false,
             http_version: "HTTP/1.1",
             subprotocol: Some("chat.v1".into()),
@@ -333,12 +343,21 @@ mod tests {
 
     #[test]
     fn a_json_line_has_every_field_and_parses() {
-        let line = ws_line(Format::Json, &session(), "chat", "chat-2", &report());
+        let hasher = KeyHasher::with_key(b"fixed");
+        let line = ws_line(
+            Format::Json,
+            &session(),
+            "chat",
+            "chat-2",
+            &report(),
+            &hasher,
+        );
         let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["type"], "ws");
         assert_eq!(v["start"], "2025-12-02T04:33:20.123Z");
         assert_eq!(v["client"], "192.0.2.7:50123");
-        assert_eq!(v["key_hash"], "5bdcc146bf60754e");
+        assert_eq!(v["key_hash"], hasher.hash(b"alice"));
+        assert!(!line.contains("alice"), "never the key itself by default");
         assert!(v.get("key").is_none());
         assert_eq!(v["subprotocol"], "chat.v1");
         assert!(v["extensions"].is_null());
@@ -359,8 +378,8 @@ mod tests {
         let mut s = session();
         s.subprotocol = Some("a b\"c".into());
         s.key_raw = true;
-        s.key = "alice".into();
-        let line = ws_line(Format::Logfmt, &s, "chat", "chat-2", &report());
+        let hasher = KeyHasher::with_key(b"fixed");
+        let line = ws_line(Format::Logfmt, &s, "chat", "chat-2", &report(), &hasher);
         assert!(line.starts_with("type=ws start=2025-12-02T04:33:20.123Z listener=public "));
         assert!(line.contains(" key=alice "), "{line}");
         assert!(line.contains(r#" subprotocol="a b\"c" "#), "{line}");
