@@ -24,37 +24,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed" >&2; exit 1; }
-release=target/release
-for b in chat-backend wsgate-bench; do
-    [ -x "$release/$b" ] || { echo "callgrind.sh: build $release/$b first" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_release chat-backend wsgate-bench
 
 port=26080
-cat >"$work/w.yaml" <<EOF
-listeners:
-  - { name: ws, address: "127.0.0.1:$port" }
-routes:
-  - { path_prefix: /, pool: echo, sticky_key: [ "query:user" ] }
-pools:
-  echo:
-    backends:
-      - { id: echo-1, address: "127.0.0.1:26001" }
-      - { id: echo-2, address: "127.0.0.1:26002" }
-      - { id: echo-3, address: "127.0.0.1:26003" }
-runtime: { threads: 1, shutdown_window: 1s, upgrade_sock: "$work/up.sock" }
-EOF
-for i in 1 2 3; do
-    "$release/chat-backend" --listen "127.0.0.1:2600$i" --id "echo-$i" >/dev/null 2>&1 &
-    pids+=($!)
-done
+echo_config "$port" 26000 >"$work/w.yaml"
+start_echo_backends 26000
 
 # Runs wsgate BINARY under callgrind while wsgate-bench ARGS... runs for
 # SECONDS; prints "instructions work", work being what FIELD of the

@@ -30,43 +30,20 @@ WARMUP=${WARMUP:-2s}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 OUT=${OUT:-}
-release=target/release
-for b in wsgate chat-backend wsgate-bench; do
-    [ -x "$release/$b" ] || { echo "observe-cost.sh: build $release/$b first" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need_release wsgate chat-backend wsgate-bench
 
 port=26180
 admin=26190
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/token"
-cat >"$work/off.yaml" <<EOF
-listeners:
-  - { name: ws, address: "127.0.0.1:$port" }
-routes:
-  - { path_prefix: /, pool: echo, sticky_key: [ "query:user" ] }
-pools:
-  echo:
-    backends:
-      - { id: echo-1, address: "127.0.0.1:26101" }
-      - { id: echo-2, address: "127.0.0.1:26102" }
-      - { id: echo-3, address: "127.0.0.1:26103" }
-admin: { address: "127.0.0.1:$admin", token_file: $work/token }
-runtime: { threads: 1, shutdown_window: 1s, upgrade_sock: "$work/up.sock" }
-EOF
+{
+    echo_config "$port" 26100
+    echo "admin: { address: \"127.0.0.1:$admin\", token_file: $work/token }"
+} >"$work/off.yaml"
 cp "$work/off.yaml" "$work/on.yaml"
 echo "access_log: { to: $work/access.log, format: json }" >>"$work/on.yaml"
-
-for i in 1 2 3; do
-    taskset -c "$LOAD_CPU" "$release/chat-backend" --listen "127.0.0.1:2610$i" --id "echo-$i" >/dev/null 2>&1 &
-    pids+=($!)
-done
+start_echo_backends 26100 taskset -c "$LOAD_CPU"
 
 # run ARM: one fixed-rate run against a fresh wsgate with ARM's config;
 # prints wsgate's CPU per echoed message in µs.
