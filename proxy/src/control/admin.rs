@@ -57,7 +57,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::acceptloop::{self, AcceptState, RepeatLimiter, Verdict, LOG_INTERVAL};
 use super::api::{AddRequest, Added, Closing, DrainRequest, ErrorReply, Undrained};
-use super::session::{self, Sessions};
+use super::session::{self, constant_time_eq, Sessions};
 use super::{metrics, ControlError, ControlHandle};
 use crate::config::units::parse_duration;
 use crate::config::Admin;
@@ -122,15 +122,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     writeln!(f, "{contents}")
-}
-
-/// Compares without an early exit, so response timing does not reveal how
-/// much of a guessed token was right.
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Longest wait for a complete request head, counted from the moment the
@@ -389,6 +380,8 @@ enum Reply {
     LoggedIn(String),
     /// 204, clearing the session cookie.
     LoggedOut,
+    /// 204.
+    NoContent,
 }
 
 impl Reply {
@@ -422,6 +415,7 @@ impl Reply {
                 cookie = Some(session::clear_cookie(ADMIN_TLS));
                 (StatusCode::NO_CONTENT, String::new(), "text/plain")
             }
+            Reply::NoContent => (StatusCode::NO_CONTENT, String::new(), "text/plain"),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
@@ -488,6 +482,9 @@ async fn handle(
         }
         (&Method::GET, "/status.css") => return Reply::Page("text/css; charset=utf-8", PAGE_CSS),
         (&Method::POST, "/login") => return login(auth, stats, req).await,
+        // Browsers ask for it on their own: no icon, and neither a 401
+        // with a warning nor a 404 in the browser's console.
+        (&Method::GET, "/favicon.ico") => return Reply::NoContent,
         _ => {}
     }
     let caller = match authorize(auth, req.headers()) {
@@ -523,7 +520,10 @@ async fn handle(
 /// bearer header, a session cookie or the login form.
 fn unauthorized(method: &Method, path: &str) -> Reply {
     tracing::warn!(%method, path, "admin call without a valid token");
-    Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong token: send `Authorization: Bearer <token>`, or log in on the status page")
+    Reply::error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (or status page session)",
+    )
 }
 
 /// The bearer token, else a live session's cookie.
@@ -692,18 +692,5 @@ async fn route(
             StatusCode::NOT_FOUND,
             "no such endpoint; see /v1/status",
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret1"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

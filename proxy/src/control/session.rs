@@ -61,7 +61,7 @@ impl Sessions {
             return false;
         };
         self.live.iter().fold(false, |found, s| {
-            found | (super::admin::constant_time_eq(&s.id, &id) && s.expires > now)
+            found | (constant_time_eq(&s.id, &id) && s.expires > now)
         })
     }
 
@@ -110,6 +110,15 @@ pub fn form_token(body: &[u8]) -> Option<String> {
         .map(|(_, value)| value.trim().to_string())
 }
 
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -130,6 +139,14 @@ fn unhex(text: &str) -> Option<SessionId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
 
     #[test]
     fn a_session_is_checked_until_it_expires_or_ends() {
