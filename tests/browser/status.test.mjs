@@ -16,51 +16,13 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { ARTIFACTS, BIN, CHROMIUM, STEP_MS, killAll, start } from './support.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
-const BIN = (name) => path.join(TARGET, 'debug', name);
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const STEP_MS = 20000;
 const SESSIONS = 12;
-
-const procs = [];
-
-/// Spawns a process; resolves with one match per pattern in `ready`, each
-/// the first stdout line that matches it.
-function start(cmd, args, ready) {
-  const child = spawn(cmd, args, {
-    env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  procs.push(child);
-  const lines = createInterface({ input: child.stdout });
-  const found = ready.map(() => null);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${cmd} not ready in time`)), STEP_MS);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${cmd} exited with ${code} before it was ready`));
-    });
-    lines.on('line', (line) => {
-      ready.forEach((re, i) => { found[i] = found[i] || line.match(re); });
-      if (found.every(Boolean)) {
-        clearTimeout(timer);
-        child.removeAllListeners('exit');
-        resolve(found);
-      }
-    });
-  });
-}
 
 /// A JSON API call with the bearer token, bounded in time.
 async function api(admin, token, method, p, body) {
@@ -195,7 +157,7 @@ admin: { address: "127.0.0.1:0", token_file: admin.token }
     assert.equal(r, 401);
   } finally {
     if (context) await context.close();
-    for (const child of procs.reverse()) child.kill('SIGKILL');
+    killAll();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

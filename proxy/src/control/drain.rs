@@ -213,19 +213,24 @@ mod tests {
         assert!(per_second.iter().all(|&c| c <= 101), "{per_second:?}");
     }
 
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_finished_job_reports_its_rate_over_the_schedule() {
-        let registry = Arc::new(Registry::default());
-        let key = BackendKey::new("p", "b");
-        let held: Vec<_> = (0..4).map(|h| registry.register(&key, h)).collect();
-        let targets = registry
-            .conns(&key)
+    /// Every live connection of `key`.
+    fn targets_of(registry: &Registry, key: &BackendKey) -> Vec<Target> {
+        registry
+            .conns(key)
             .into_iter()
             .map(|c| Target {
                 backend: key.clone(),
                 conn_id: c.conn_id,
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_finished_job_reports_its_rate_over_the_schedule() {
+        let registry = Arc::new(Registry::default());
+        let key = BackendKey::new("p", "b");
+        let held: Vec<_> = (0..4).map(|h| registry.register(&key, h)).collect();
+        let targets = targets_of(&registry, &key);
         // A cap of 1/s stretches 1 s to 4 s.
         let job = DrainJob::start(
             registry,
@@ -257,14 +262,7 @@ mod tests {
         for h in 0..10 {
             held.push(registry.register(&key, h));
         }
-        let targets: Vec<Target> = registry
-            .conns(&key)
-            .into_iter()
-            .map(|c| Target {
-                backend: key.clone(),
-                conn_id: c.conn_id,
-            })
-            .collect();
+        let targets = targets_of(&registry, &key);
         let job = DrainJob::start(
             registry.clone(),
             targets.clone(),
