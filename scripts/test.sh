@@ -27,6 +27,9 @@ python3 -m pytest -q tests/python
 node --test tests/browser/chat.test.mjs
 # The chat page over HTTP/2; prints which protocol Chromium's WebSocket used.
 node --test tests/browser/h2.test.mjs
+# The status page on the admin port: log in, watch a drain (saves
+# tests/artifacts/status-page.png and status-page-draining.png).
+node --test tests/browser/status.test.mjs
 # Fuzzing smoke (fuzz/README.md): a few thousand inputs per target, only
 # where the nightly toolchain is installed (otherwise one "skipped" line).
 scripts/fuzz.sh --smoke

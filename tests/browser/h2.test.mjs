@@ -13,47 +13,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
-const BIN = (name) => path.join(TARGET, 'debug', name);
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const STEP_MS = 20000;
-
-const procs = [];
-
-/// Spawns a process and resolves with the first line (stdout) matching `ready`.
-function start(cmd, args, ready) {
-  const child = spawn(cmd, args, {
-    env: { ...process.env, RUST_LOG: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  procs.push(child);
-  const lines = createInterface({ input: child.stdout });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${cmd} not ready in time`)), STEP_MS);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${cmd} exited with ${code} before it was ready`));
-    });
-    lines.on('line', (line) => {
-      const m = line.match(ready);
-      if (m) {
-        clearTimeout(timer);
-        child.removeAllListeners('exit');
-        resolve(m);
-      }
-    });
-  });
-}
+import { BIN, CHROMIUM, STEP_MS, killAll, start } from './support.mjs';
 
 test('Chromium loads the chat page over HTTP/2 through wsgate and chats', { timeout: 120000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'wsgate-h2-browser-'));
@@ -111,7 +75,7 @@ pools:
     console.log(`page protocol: h2; WebSocket: ${wsStatus === 200 ? 'HTTP/2 (RFC 8441, 200)' : 'HTTP/1.1 (101)'}`);
   } finally {
     if (context) await context.close();
-    for (const child of procs.reverse()) child.kill('SIGKILL');
+    killAll();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -26,5 +26,6 @@ mod proxyproto;
 mod replicas;
 mod route_cli;
 mod slowloris;
+mod status_page;
 mod status_watch;
 mod stickiness;

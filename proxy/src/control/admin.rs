@@ -1,7 +1,13 @@
 //! The admin API, served on its own address (loopback by default) from the
-//! control runtime. Every call but `GET /healthz` needs
-//! `Authorization: Bearer <token>`; a missing or wrong token gets 401 and
-//! changes nothing. The token comes
+//! control runtime, and the live status page. Every call but `GET
+//! /healthz`, the page's three static files and `POST /login` needs
+//! `Authorization: Bearer <token>` or the status page's session cookie; a
+//! missing or wrong token gets 401 and changes nothing. A call made with
+//! the cookie that changes state (any method but GET and HEAD) must also
+//! carry `X-Wsgate-Csrf: 1`, else 403: another site's page can make a
+//! browser send a form, but not a custom header (that needs a CORS
+//! preflight, which this server never approves), and SameSite=Strict
+//! keeps the cookie off cross-site requests in the first place. The token comes
 //! from `WSGATE_ADMIN_TOKEN` or `admin.token_file` (created with a random
 //! token, mode 0600, if missing), is compared in constant time, and is never
 //! logged.
@@ -16,6 +22,10 @@
 //! | POST | `/v1/reload` | re-read the config file |
 //! | GET | `/metrics` | Prometheus text format |
 //! | GET | `/healthz` | no token: 200 `{"ok":true}` while serving, 503 once shutting down (readiness probes) |
+//! | GET | `/v1/activity` | reload history, closes per interval by side and code, drain progress |
+//! | GET | `/`, `/status.js`, `/status.css` | no token: the status page, which polls `/v1/status` and `/v1/activity` |
+//! | POST | `/login` | no token: form field `token`; the right one gets a session cookie (`session`) and a 303 to `/`, a wrong one 401 |
+//! | POST | `/logout` | ends the session and clears the cookie (needs `X-Wsgate-Csrf: 1`) |
 //!
 //! `/healthz` is open because a probe (a kubelet's) has no token. It tells
 //! nothing but "the control task answers, and wsgate is not shutting
@@ -31,7 +41,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,6 +57,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::acceptloop::{self, AcceptState, RepeatLimiter, Verdict, LOG_INTERVAL};
 use super::api::{AddRequest, Added, Closing, DrainRequest, ErrorReply, Undrained};
+use super::session::{self, constant_time_eq, Sessions};
 use super::{metrics, ControlError, ControlHandle};
 use crate::config::units::parse_duration;
 use crate::config::Admin;
@@ -113,15 +124,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     writeln!(f, "{contents}")
 }
 
-/// Compares without an early exit, so response timing does not reveal how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Longest wait for a complete request head, counted from the moment the
 /// connection opens or its previous response is sent; then hyper closes
 /// the connection. hyper only enforces it with a timer, so `serve_one`
@@ -141,6 +143,40 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 64;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest login form: read before any token is checked, so kept small.
+const MAX_LOGIN_BODY: usize = 4 * 1024;
+/// The admin listener is plain HTTP (loopback by default; there is no TLS
+/// option for it), so the session cookie cannot be `Secure`: a browser
+/// would not send it back. Should the admin API get TLS, this follows it.
+const ADMIN_TLS: bool = false;
+
+/// The status page, served as files (no inline script, so the page's
+/// Content-Security-Policy can forbid inline code).
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/status.js");
+const PAGE_CSS: &str = include_str!("page/status.css");
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// What authenticates a call: the token, and the status page's logins.
+struct Auth {
+    token: Arc<str>,
+    sessions: Mutex<Sessions>,
+}
+
+impl Auth {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        // Held for a lookup or an insert; a panic cannot leave it half-done.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How a call proved it may be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Bearer,
+    Cookie,
+}
 
 /// The admin server's own counters, appended to `/metrics`.
 struct Stats {
@@ -201,7 +237,10 @@ impl Stats {
 /// [`MAX_CONNECTIONS`] connections are served at once, each bounded by the
 /// timeouts above; a failing accept backs off (`acceptloop`).
 pub async fn serve(listener: tokio::net::TcpListener, control: ControlHandle, token: String) {
-    let token: Arc<str> = token.into();
+    let auth = Arc::new(Auth {
+        token: token.into(),
+        sessions: Mutex::new(Sessions::default()),
+    });
     let stats = Arc::new(Stats {
         permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         refused: AtomicU64::new(0),
@@ -231,7 +270,7 @@ pub async fn serve(listener: tokio::net::TcpListener, control: ControlHandle, to
             stream,
             peer,
             control.clone(),
-            token.clone(),
+            auth.clone(),
             stats.clone(),
             permit,
         ));
@@ -281,7 +320,7 @@ async fn serve_one(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     control: ControlHandle,
-    token: Arc<str>,
+    auth: Arc<Auth>,
     stats: Arc<Stats>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -294,9 +333,9 @@ async fn serve_one(
         let (activity, stats) = (activity.clone(), stats.clone());
         service_fn(move |req| {
             let running = activity.begin();
-            let (control, token, stats) = (control.clone(), token.clone(), stats.clone());
+            let (control, auth, stats) = (control.clone(), auth.clone(), stats.clone());
             async move {
-                let reply = handle(&control, &token, &stats, req).await;
+                let reply = handle(&control, &auth, &stats, req).await;
                 drop(running);
                 Ok::<_, std::convert::Infallible>(reply.into_response())
             }
@@ -335,6 +374,14 @@ enum Reply {
     Json(StatusCode, String),
     /// Prometheus text.
     Metrics(String),
+    /// One of the status page's files: content type, text.
+    Page(&'static str, &'static str),
+    /// A login that worked: the session cookie, and a 303 to the page.
+    LoggedIn(String),
+    /// 204, clearing the session cookie.
+    LoggedOut,
+    /// 204.
+    NoContent,
 }
 
 impl Reply {
@@ -354,23 +401,54 @@ impl Reply {
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
+        use http::header::{self, HeaderValue};
+        let mut cookie = None;
         let (status, body, content_type) = match self {
             Reply::Json(status, text) => (status, format!("{text}\n"), "application/json"),
             Reply::Metrics(text) => (StatusCode::OK, text, "text/plain; version=0.0.4"),
+            Reply::Page(kind, text) => (StatusCode::OK, text.to_string(), kind),
+            Reply::LoggedIn(value) => {
+                cookie = Some(session::set_cookie(&value, ADMIN_TLS));
+                (StatusCode::SEE_OTHER, String::new(), "text/plain")
+            }
+            Reply::LoggedOut => {
+                cookie = Some(session::clear_cookie(ADMIN_TLS));
+                (StatusCode::NO_CONTENT, String::new(), "text/plain")
+            }
+            Reply::NoContent => (StatusCode::NO_CONTENT, String::new(), "text/plain"),
         };
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(content_type),
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // Status and tokens' answers belong in no cache; no type sniffing.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         );
+        if content_type.starts_with("text/html") {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(PAGE_POLICY),
+            );
+            headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            headers.insert(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            );
+        }
+        if status == StatusCode::SEE_OTHER {
+            headers.insert(header::LOCATION, HeaderValue::from_static("/"));
+        }
+        // Hex and fixed attributes: always a valid header value.
+        if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            headers.insert(header::SET_COOKIE, c);
+        }
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still be on its way: this connection
             // cannot carry another request.
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -390,50 +468,134 @@ fn error_status(e: &ControlError) -> StatusCode {
 
 async fn handle(
     control: &ControlHandle,
-    token: &str,
+    auth: &Auth,
     stats: &Stats,
     req: Request<Incoming>,
 ) -> Reply {
-    if req.method() == Method::GET && req.uri().path() == "/healthz" {
-        return health(control).await;
-    }
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-        tracing::warn!(method = %req.method(), path = req.uri().path(), "admin call without a valid token");
-        return Reply::error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return health(control).await,
+        (&Method::GET, "/") => return Reply::Page("text/html; charset=utf-8", PAGE_HTML),
+        (&Method::GET, "/status.js") => {
+            return Reply::Page("text/javascript; charset=utf-8", PAGE_JS)
+        }
+        (&Method::GET, "/status.css") => return Reply::Page("text/css; charset=utf-8", PAGE_CSS),
+        (&Method::POST, "/login") => return login(auth, stats, req).await,
+        // Browsers ask for it on their own: no icon, and neither a 401
+        // with a warning nor a 404 in the browser's console.
+        (&Method::GET, "/favicon.ico") => return Reply::NoContent,
+        _ => {}
+    }
+    let caller = match authorize(auth, req.headers()) {
+        Some(c) => c,
+        None => return unauthorized(&method, &path),
+    };
+    let changes_state = method != Method::GET && method != Method::HEAD;
+    if caller == Caller::Cookie && changes_state && !csrf_header(req.headers()) {
+        tracing::warn!(%method, path, "cookie call without the CSRF header refused");
+        return Reply::error(
+            StatusCode::FORBIDDEN,
+            "a call with the session cookie that changes state needs the header `X-Wsgate-Csrf: 1`",
+        );
+    }
+    if (&method, path.as_str()) == (&Method::POST, "/logout") {
+        if let Some(value) = session_cookie(req.headers()) {
+            auth.sessions().end(value);
+        }
+        return Reply::LoggedOut;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let body = Limited::new(req.into_body(), MAX_BODY).collect();
-    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            return Reply::error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB")
-        }
-        Ok(Err(e)) => {
-            return Reply::error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
-        }
-        Err(_) => {
-            stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
-            let secs = BODY_TIMEOUT.as_secs();
-            return Reply::error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("request body not received within {secs}s"),
-            );
-        }
+    let body = match read_body(req.into_body(), MAX_BODY, stats).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
     match route(control, stats, &method, &segments, &body).await {
         Ok(reply) => reply,
         Err(e) => Reply::error(error_status(&e), e.to_string()),
+    }
+}
+
+/// The one answer to a missing or wrong token, whether it came as a
+/// bearer header, a session cookie or the login form.
+fn unauthorized(method: &Method, path: &str) -> Reply {
+    tracing::warn!(%method, path, "admin call without a valid token");
+    Reply::error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token (or status page session)",
+    )
+}
+
+/// The bearer token, else a live session's cookie.
+fn authorize(auth: &Auth, headers: &http::HeaderMap) -> Option<Caller> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = presented {
+        // A wrong bearer token is refused even with a good cookie: the
+        // caller meant the header.
+        return constant_time_eq(token.as_bytes(), auth.token.as_bytes()).then_some(Caller::Bearer);
+    }
+    let value = session_cookie(headers)?;
+    auth.sessions()
+        .check(value, Instant::now())
+        .then_some(Caller::Cookie)
+}
+
+fn session_cookie(headers: &http::HeaderMap) -> Option<&str> {
+    session::cookie_value(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+fn csrf_header(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(session::CSRF_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+}
+
+/// `POST /login`: a form with the token. The right one starts a session.
+async fn login(auth: &Auth, stats: &Stats, req: Request<Incoming>) -> Reply {
+    let body = match read_body(req.into_body(), MAX_LOGIN_BODY, stats).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
+    };
+    let presented = session::form_token(&body).unwrap_or_default();
+    if !constant_time_eq(presented.as_bytes(), auth.token.as_bytes()) {
+        return unauthorized(&Method::POST, "/login");
+    }
+    let value = auth
+        .sessions()
+        .create(rand::random::<session::SessionId>(), Instant::now());
+    tracing::info!("status page login");
+    Reply::LoggedIn(value)
+}
+
+/// The whole body, at most `limit` bytes, within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming, limit: usize, stats: &Stats) -> Result<Bytes, Reply> {
+    let body = Limited::new(body, limit).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {} KiB", limit / 1024),
+        )),
+        Ok(Err(e)) => Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+        Err(_) => {
+            stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+            let secs = BODY_TIMEOUT.as_secs();
+            Err(Reply::error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {secs}s"),
+            ))
+        }
     }
 }
 
@@ -476,6 +638,7 @@ async fn route(
 ) -> Result<Reply, ControlError> {
     match (method, seg) {
         (&Method::GET, ["v1", "status"]) => ok(&control.status().await?),
+        (&Method::GET, ["v1", "activity"]) => ok(&control.activity().await?),
         (&Method::GET, ["metrics"]) => {
             let text = metrics::render(&control.metrics().await?) + &stats.render();
             Ok(Reply::Metrics(text))
@@ -529,18 +692,5 @@ async fn route(
             StatusCode::NOT_FOUND,
             "no such endpoint; see /v1/status",
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret1"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -117,6 +117,70 @@ pub struct ReloadOutcome {
     pub listener_errors: Vec<String>,
 }
 
+/// `GET /v1/activity`: what the status page shows besides `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Activity {
+    /// The last reloads, oldest first.
+    pub reloads: Vec<ReloadEntry>,
+    pub closes: CloseHistory,
+    /// Backend drains and removals (finished ones too, until the backend
+    /// is undrained or forgotten), then running rebalances, shutdown and
+    /// listener closes.
+    pub drains: Vec<DrainProgress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadEntry {
+    pub at_unix: u64,
+    pub ok: bool,
+    /// What changed, or the first line of the error.
+    pub summary: String,
+}
+
+/// Close frames per sampling interval over the last minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseHistory {
+    pub interval_secs: u64,
+    /// Oldest first; each holds the closes of the interval that ends at it.
+    pub samples: Vec<CloseSample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseSample {
+    pub at_unix: u64,
+    /// Only the (side, code) pairs seen in the interval.
+    pub counts: Vec<CloseCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseCount {
+    /// `client`, `backend` or `wsgate`, as in `/metrics`.
+    pub side: String,
+    /// A code label as in `/metrics`: `1000`..`1015`, `3xxx`, `4xxx`, `other`.
+    pub code: String,
+    pub count: u64,
+}
+
+/// A running (or finished) close job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainProgress {
+    /// `drain` (an operator drain or a removal), `rebalance`, `shutdown`
+    /// or `listener_removed`.
+    pub kind: String,
+    /// `pool/id` for a backend's drain.
+    pub backend: Option<String>,
+    pub total: usize,
+    /// Closes sent so far.
+    pub sent: usize,
+    /// Closes still to send (0 once finished or cancelled).
+    pub pending: usize,
+    pub elapsed_ms: u64,
+    /// The schedule's length (the window, stretched by a rate cap).
+    pub window_ms: u64,
+    /// `sent` over the time elapsed.
+    pub closes_per_second: f64,
+}
+
 /// `POST /v1/pools/{pool}/backends/{id}/drain`; both fields optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

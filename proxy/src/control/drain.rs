@@ -18,6 +18,7 @@ use rand::Rng;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::api::DrainProgress;
 use crate::routing::{BackendKey, Registry};
 use crate::tunnel::CloseCause;
 
@@ -32,15 +33,22 @@ pub(super) fn schedule(
     if n == 0 {
         return Vec::new();
     }
-    let mut window = window;
-    if max_per_second > 0 {
-        let needed = Duration::from_secs_f64(n as f64 / f64::from(max_per_second));
-        window = window.max(needed);
-    }
+    let window = stretched(n, window, max_per_second);
     let slot = window.as_secs_f64() / n as f64;
     (0..n)
         .map(|i| Duration::from_secs_f64((i as f64 + rng.gen::<f64>()) * slot))
         .collect()
+}
+
+/// The window a schedule of `n` closes spans: `window`, or longer when
+/// `max_per_second` > 0 needs it.
+fn stretched(n: usize, window: Duration, max_per_second: u32) -> Duration {
+    if max_per_second == 0 {
+        return window;
+    }
+    window.max(Duration::from_secs_f64(
+        n as f64 / f64::from(max_per_second),
+    ))
 }
 
 /// One connection a job will close.
@@ -53,6 +61,11 @@ pub struct Target {
 /// A running drain, rebalance or shutdown.
 pub struct DrainJob {
     pub total: usize,
+    /// What the closes are for (the status page's label).
+    pub cause: CloseCause,
+    started: Instant,
+    /// The schedule's span.
+    window: Duration,
     sent: Arc<AtomicUsize>,
     abort: AbortHandle,
 }
@@ -74,6 +87,7 @@ impl DrainJob {
         let total = targets.len();
         let sent = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
+        let span = stretched(total, window, max_per_second);
         let counter = sent.clone();
         let task = tokio::spawn(async move {
             for (target, at) in targets.into_iter().zip(times) {
@@ -84,6 +98,9 @@ impl DrainJob {
         });
         DrainJob {
             total,
+            cause,
+            started,
+            window: span,
             sent,
             abort: task.abort_handle(),
         }
@@ -98,12 +115,47 @@ impl DrainJob {
         self.total - self.sent.load(Relaxed).min(self.total)
     }
 
+    /// How far it got, for the status page.
+    pub fn progress(&self, backend: Option<String>) -> DrainProgress {
+        let sent = self.sent.load(Relaxed).min(self.total);
+        let pending = self.pending();
+        // Once all are sent, the rate is over the schedule, not over the
+        // time since (which would make it sink while nothing happens).
+        let elapsed = if sent == self.total {
+            self.started.elapsed().min(self.window)
+        } else {
+            self.started.elapsed()
+        };
+        let secs = elapsed.as_secs_f64();
+        DrainProgress {
+            kind: match self.cause {
+                CloseCause::Drain(_) if backend.is_some() => "drain",
+                CloseCause::Drain(_) => "rebalance",
+                CloseCause::Shutdown => "shutdown",
+                CloseCause::ListenerRemoved => "listener_removed",
+                _ => "close",
+            }
+            .to_string(),
+            backend,
+            total: self.total,
+            sent,
+            pending,
+            elapsed_ms: millis(elapsed),
+            window_ms: millis(self.window),
+            closes_per_second: if secs > 0.0 { sent as f64 / secs } else { 0.0 },
+        }
+    }
+
     /// Stops the job; returns how many closes were cancelled.
     pub fn cancel(&self) -> usize {
         let pending = self.pending();
         self.abort.abort();
         pending
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drop for DrainJob {
@@ -161,6 +213,40 @@ mod tests {
         assert!(per_second.iter().all(|&c| c <= 101), "{per_second:?}");
     }
 
+    /// Every live connection of `key`.
+    fn targets_of(registry: &Registry, key: &BackendKey) -> Vec<Target> {
+        registry
+            .conns(key)
+            .into_iter()
+            .map(|c| Target {
+                backend: key.clone(),
+                conn_id: c.conn_id,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_finished_job_reports_its_rate_over_the_schedule() {
+        let registry = Arc::new(Registry::default());
+        let key = BackendKey::new("p", "b");
+        let held: Vec<_> = (0..4).map(|h| registry.register(&key, h)).collect();
+        let targets = targets_of(&registry, &key);
+        // A cap of 1/s stretches 1 s to 4 s.
+        let job = DrainJob::start(
+            registry,
+            targets,
+            CloseCause::Shutdown,
+            Duration::from_secs(1),
+            1,
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let p = job.progress(None);
+        assert_eq!((p.kind.as_str(), p.sent, p.pending), ("shutdown", 4, 0));
+        assert_eq!((p.window_ms, p.elapsed_ms), (4000, 4000));
+        assert!((p.closes_per_second - 1.0).abs() < 1e-9);
+        drop(held);
+    }
+
     #[test]
     fn empty_and_single() {
         assert!(schedule(0, Duration::from_secs(1), 0, &mut rng()).is_empty());
@@ -176,14 +262,7 @@ mod tests {
         for h in 0..10 {
             held.push(registry.register(&key, h));
         }
-        let targets: Vec<Target> = registry
-            .conns(&key)
-            .into_iter()
-            .map(|c| Target {
-                backend: key.clone(),
-                conn_id: c.conn_id,
-            })
-            .collect();
+        let targets = targets_of(&registry, &key);
         let job = DrainJob::start(
             registry.clone(),
             targets.clone(),
@@ -193,6 +272,14 @@ mod tests {
         );
         assert_eq!(job.pending(), 10);
         tokio::time::sleep(Duration::from_secs(5)).await;
+        let p = job.progress(Some(key.to_string()));
+        assert_eq!(
+            (p.kind.as_str(), p.total, p.window_ms),
+            ("drain", 10, 10_000)
+        );
+        assert_eq!(p.sent + p.pending, 10);
+        assert_eq!(p.elapsed_ms, 5000, "paused clock");
+        assert!((p.closes_per_second - p.sent as f64 / 5.0).abs() < 1e-9);
         let cancelled = job.cancel();
         assert!(
             (3..=7).contains(&cancelled),

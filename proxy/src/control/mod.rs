@@ -28,7 +28,9 @@
 //! | [`health`] | active probes, and the rise/fall rule | network |
 //! | [`discovery`] | what a DNS answer means: backend ids, next resolution, the pool's new list | none |
 //! | [`resolver`] | one DNS resolver task per pool with discovery | network |
-//! | [`admin`] | the admin HTTP API | network |
+//! | [`admin`] | the admin HTTP API, and the status page's files and login | network |
+//! | [`session`] | status page logins: session ids, their cookie, the login form | none |
+//! | [`history`] | the bounded rings of reloads and of closes per interval | none |
 //! | [`api`] | the admin API's bodies, shared with the CLI | none |
 //! | [`metrics`] | Prometheus text for `/metrics` | none |
 //! | [`certificates`] | each TLS listener's certificate handle, what it serves, its last error | reads certificate files |
@@ -52,9 +54,11 @@ mod diff;
 mod discovery;
 mod drain;
 mod health;
+mod history;
 mod metrics;
 pub(crate) mod plane;
 mod resolver;
+mod session;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -138,6 +142,10 @@ pub(crate) enum Command {
     },
     Status {
         reply: oneshot::Sender<Status>,
+    },
+    /// Reload and close history and drain progress (the status page).
+    Activity {
+        reply: oneshot::Sender<api::Activity>,
     },
     Metrics {
         reply: oneshot::Sender<Metrics>,
@@ -230,6 +238,10 @@ impl ControlHandle {
 
     pub async fn status(&self) -> Result<Status, ControlError> {
         self.ask(|reply| Command::Status { reply }).await
+    }
+
+    pub async fn activity(&self) -> Result<api::Activity, ControlError> {
+        self.ask(|reply| Command::Activity { reply }).await
     }
 
     pub(crate) async fn metrics(&self) -> Result<Metrics, ControlError> {

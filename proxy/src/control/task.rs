@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::api::{BackendStatus, PoolStatus, ReloadOutcome, Status};
+use super::api::{Activity, BackendStatus, PoolStatus, ReloadEntry, ReloadOutcome, Status};
 use super::diff::{diff, Change};
 use super::discovery::PoolDiscovery;
 use super::drain::{DrainJob, Target};
 use super::health::{Checkers, Streak, Transition};
+use super::history::{self, CloseSeries, Ring};
 use super::metrics::Metrics;
 use super::resolver::Resolvers;
 use super::{Command, ControlError};
@@ -45,6 +46,10 @@ pub(super) struct ControlTask {
     /// Rebalance and shutdown jobs, which span backends.
     other_jobs: Vec<DrainJob>,
     last_reload: Option<ReloadOutcome>,
+    /// The last reloads, for the status page.
+    reloads: Ring<ReloadEntry>,
+    /// Close frames per interval, sampled from the session counters.
+    closes: CloseSeries,
     shutting_down: bool,
     reloads_ok: u64,
     reloads_failed: u64,
@@ -82,6 +87,8 @@ impl ControlTask {
             jobs: HashMap::new(),
             other_jobs: Vec::new(),
             last_reload: None,
+            reloads: Ring::new(history::RELOADS),
+            closes: CloseSeries::default(),
             shutting_down: false,
             reloads_ok: 0,
             reloads_failed: 0,
@@ -100,8 +107,15 @@ impl ControlTask {
     ) {
         self.start_all_checkers();
         self.start_all_resolvers();
+        // The first tick is at once: the baseline sample.
+        let mut sampling = tokio::time::interval(history::SAMPLE_INTERVAL);
+        sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = sampling.tick() => {
+                    let totals = self.routing.observe.stats.close_totals();
+                    self.closes.sample(unix_now(), totals);
+                }
                 command = commands.recv() => match command {
                     Some(command) => self.handle(command),
                     None => break,
@@ -164,6 +178,9 @@ impl ControlTask {
             } => self.on_discovered(&pool, generation, result),
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Activity { reply } => {
+                let _ = reply.send(self.activity());
             }
             Command::WatchedFiles { reply } => {
                 let _ = reply.send(self.watched_files());
@@ -554,9 +571,7 @@ impl ControlTask {
             .config_path
             .as_ref()
             .ok_or(ControlError::NoConfigFile)?;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = unix_now();
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -611,6 +626,7 @@ impl ControlTask {
             certificate_errors,
             listener_errors,
         };
+        self.reloads.push(history::reload_entry(&outcome));
         self.last_reload = Some(outcome.clone());
         self.reloads_ok += 1;
         tracing::info!(added = ?outcome.added, removed = ?outcome.removed, "config reloaded");
@@ -620,7 +636,7 @@ impl ControlTask {
     fn reject_reload(&mut self, now: u64, error: String) {
         self.reloads_failed += 1;
         tracing::error!(%error, "reload rejected; still serving the previous config");
-        self.last_reload = Some(ReloadOutcome {
+        let outcome = ReloadOutcome {
             ok: false,
             at_unix: now,
             error: Some(error),
@@ -629,7 +645,9 @@ impl ControlTask {
             notes: vec![],
             certificate_errors: vec![],
             listener_errors: vec![],
-        });
+        };
+        self.reloads.push(history::reload_entry(&outcome));
+        self.last_reload = Some(outcome);
     }
 
     /// Starts and stops the listeners `plan` says, once the snapshot that
@@ -726,6 +744,27 @@ impl ControlTask {
         self.other_jobs.push(job);
     }
 
+    /// Reload history, close history and the close jobs' progress.
+    fn activity(&self) -> Activity {
+        let mut drains: Vec<_> = self
+            .jobs
+            .iter()
+            .map(|(key, job)| job.progress(Some(key.to_string())))
+            .collect();
+        drains.sort_by(|a, b| a.backend.cmp(&b.backend));
+        drains.extend(
+            self.other_jobs
+                .iter()
+                .filter(|j| j.pending() > 0)
+                .map(|j| j.progress(None)),
+        );
+        Activity {
+            reloads: self.reloads.to_vec(),
+            closes: self.closes.history(),
+            drains,
+        }
+    }
+
     fn status(&self) -> Status {
         let registry = &self.routing.registry;
         let counts = registry.counts();
@@ -781,6 +820,12 @@ impl ControlTask {
             certificates: self.certificates.status(now),
         }
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn backends_in(changes: &[Change], pick: impl Fn(&Change) -> Option<&BackendKey>) -> Vec<String> {

@@ -203,6 +203,21 @@ impl SessionStats {
         }
     }
 
+    /// Close frames since start by (side, code label), summed over pools
+    /// and backends: what the status page's chart samples.
+    pub fn close_totals(&self) -> BTreeMap<(String, String), u64> {
+        let inner = self.lock();
+        let mut totals = BTreeMap::new();
+        for codes in inner.pools.values().flat_map(|p| p.codes.values()) {
+            for ((side, code), n) in codes {
+                *totals
+                    .entry((side.name().to_string(), code.clone()))
+                    .or_default() += n;
+            }
+        }
+        totals
+    }
+
     /// The families in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let inner = self.lock();
@@ -395,5 +410,11 @@ mod tests {
             !text.contains("side=\"backend\""),
             "the backend sent no Close"
         );
+        s.ended("public", "HTTP/1.1", "chat", "chat-2", &r);
+        let totals = s.close_totals();
+        let key = |side: &str| (side.to_string(), "1014".to_string());
+        assert_eq!(totals.get(&key("client")), Some(&2), "summed over backends");
+        assert_eq!(totals.get(&key("wsgate")), Some(&2));
+        assert_eq!(totals.len(), 2);
     }
 }
