@@ -37,6 +37,9 @@ impl Drop for H2Conn {
     }
 }
 
+/// An extended CONNECT's answer: the head and the stream, or the refusal.
+type Opening = std::result::Result<(http::response::Parts, H2Io), (StatusCode, HeaderMap, String)>;
+
 /// What wsgate answered an extended CONNECT.
 pub enum Opened {
     WebSocket(http::Response<()>, Box<H2Ws>),
@@ -97,9 +100,9 @@ impl H2Conn {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    /// Opens a WebSocket on a new stream: `:protocol websocket`,
+    /// An extended CONNECT for `path`: `:protocol websocket`,
     /// `Sec-WebSocket-Version: 13` and `headers` (replacing any of the same name).
-    pub async fn websocket(&self, path: &str, headers: &[(&str, &str)]) -> Result<Opened> {
+    fn websocket_request(&self, path: &str, headers: &[(&str, &str)]) -> Result<Request<()>> {
         let mut req = Request::builder()
             .method(Method::CONNECT)
             .version(Version::HTTP_2)
@@ -113,30 +116,28 @@ impl H2Conn {
                 http::HeaderValue::from_str(value)?,
             );
         }
-        self.connect(req).await
+        Ok(req)
+    }
+
+    /// Opens a WebSocket on a new stream (see `websocket_request`).
+    pub async fn websocket(&self, path: &str, headers: &[(&str, &str)]) -> Result<Opened> {
+        self.connect(self.websocket_request(path, headers)?).await
+    }
+
+    /// Opens a WebSocket on a new stream and returns the stream's bytes,
+    /// for reading frames raw (tungstenite refuses some close codes, 1014).
+    pub async fn raw_websocket(&self, path: &str) -> Result<H2Io> {
+        match self.open_stream(self.websocket_request(path, &[])?).await? {
+            Ok((_, io)) => Ok(io),
+            Err((status, _, body)) => bail!("{path}: refused {status}: {body}"),
+        }
     }
 
     /// Sends `req` (a CONNECT) on a new stream and waits for the answer.
     pub async fn connect(&self, req: Request<()>) -> Result<Opened> {
-        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
-        let (response, stream) = send.send_request(req, false)?;
-        let response = tokio::time::timeout(STEP, response)
-            .await
-            .context("no answer to the CONNECT")??;
-        let (parts, recv) = response.into_parts();
-        if parts.status != StatusCode::OK {
-            let body = read_body(recv).await.unwrap_or_default();
-            return Ok(Opened::Refused(
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&body).into_owned(),
-            ));
-        }
-        let io = H2Io {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-            ended: false,
+        let (parts, io) = match self.open_stream(req).await? {
+            Ok(opened) => opened,
+            Err((status, headers, body)) => return Ok(Opened::Refused(status, headers, body)),
         };
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
@@ -146,6 +147,38 @@ impl H2Conn {
             http::Response::from_parts(parts, ()),
             Box::new(ws),
         ))
+    }
+
+    /// Sends `req` (a CONNECT) on a new stream: the answer's head and the
+    /// stream's bytes on `200`, else the refusal's status, headers and body.
+    async fn open_stream(&self, req: Request<()>) -> Result<Opening> {
+        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
+        let (response, stream) = send.send_request(req, false)?;
+        let response = tokio::time::timeout(STEP, response)
+            .await
+            .context("no answer to the CONNECT")??;
+        let (parts, recv) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let body = read_body(recv).await.unwrap_or_default();
+            return Ok(Err((
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            )));
+        }
+        let io = H2Io {
+            send: stream,
+            recv,
+            buf: Bytes::new(),
+            ended: false,
+        };
+        Ok(Ok((parts, io)))
+    }
+
+    /// How the connection ended, waiting for it up to STEP: `Err` with the
+    /// GOAWAY's reason when the server sent one with an error code.
+    pub async fn ended(&mut self) -> Result<std::result::Result<(), h2::Error>> {
+        Ok(tokio::time::timeout(STEP, &mut self.driver).await??)
     }
 
     /// Sends `req` and returns its stream at once, without waiting for an
