@@ -172,7 +172,7 @@ pub struct Target {
     pub(crate) h2_tls: Option<TlsConnector>,
     sources: Vec<IpAddr>,
     next_source: AtomicU64,
-    pub(crate) hello: bool,
+    hello: bool,
     /// Limit for each step (connect, TLS, upgrade, hello, echo, close).
     pub timeout: Duration,
     pub(crate) ws_config: WebSocketConfig,
@@ -268,15 +268,7 @@ impl Target {
             other => ConnectError::Upgrade(other),
         })?;
         let upgrade = t.elapsed();
-        let (hello, hello_time) = if self.hello {
-            let t = Instant::now();
-            let text = step(self.timeout, Phase::Hello, first_message(&mut ws))
-                .await?
-                .map_err(ConnectError::Hello)?;
-            (Some(text), Some(t.elapsed()))
-        } else {
-            (None, None)
-        };
+        let (hello, hello_time) = self.hello(&mut ws).await?;
         Ok(Connected {
             ws,
             headers: response.into_parts().0.headers,
@@ -288,6 +280,22 @@ impl Target {
                 hello: hello_time,
             },
         })
+    }
+
+    /// The server's first message and how long it took, unless
+    /// `--no-hello` was given.
+    pub(crate) async fn hello(
+        &self,
+        ws: &mut Ws,
+    ) -> Result<(Option<String>, Option<Duration>), ConnectError> {
+        if !self.hello {
+            return Ok((None, None));
+        }
+        let t = Instant::now();
+        let text = step(self.timeout, Phase::Hello, first_message(ws))
+            .await?
+            .map_err(ConnectError::Hello)?;
+        Ok((Some(text), Some(t.elapsed())))
     }
 
     /// The TLS server name, for `wss://` targets.
@@ -332,7 +340,7 @@ pub async fn step<T>(
 }
 
 /// The first data message, skipping control frames.
-pub(crate) async fn first_message(ws: &mut Ws) -> Result<String, String> {
+async fn first_message(ws: &mut Ws) -> Result<String, String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::client::{first_message, step, ConnectError, Connected, Phase, Target, Timings};
+use crate::client::{step, ConnectError, Connected, Phase, Target, Timings};
 
 /// One HTTP/2 connection; its frames are driven by a task of its own,
 /// which ends when the connection does (or this is dropped).
@@ -120,23 +120,10 @@ impl H2Conn {
             return Err(ConnectError::Status(parts.status.as_u16()));
         }
         let upgrade = t.elapsed();
-        let io: Box<dyn crate::client::Io> = Box::new(H2Io {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-            ended: false,
-        });
+        let io: Box<dyn crate::client::Io> = Box::new(H2Io::new(stream, recv));
         let mut ws =
             WebSocketStream::from_raw_socket(io, Role::Client, Some(target.ws_config)).await;
-        let (hello, hello_time) = if target.hello {
-            let t = Instant::now();
-            let text = step(target.timeout, Phase::Hello, first_message(&mut ws))
-                .await?
-                .map_err(ConnectError::Hello)?;
-            (Some(text), Some(t.elapsed()))
-        } else {
-            (None, None)
-        };
+        let (hello, hello_time) = target.hello(&mut ws).await?;
         Ok(Connected {
             ws,
             headers: parts.headers,
@@ -152,11 +139,29 @@ impl H2Conn {
 }
 
 /// One HTTP/2 stream as a byte stream: DATA frames in, DATA frames out.
-struct H2Io {
+/// Public for the end-to-end tests' HTTP/2 client, which uses it too.
+pub struct H2Io {
     send: SendStream<Bytes>,
     recv: RecvStream,
     buf: Bytes,
     ended: bool,
+}
+
+impl H2Io {
+    /// The two halves of a stream whose request was answered `200`.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        H2Io {
+            send,
+            recv,
+            buf: Bytes::new(),
+            ended: false,
+        }
+    }
+
+    /// Resets the stream (RST_STREAM CANCEL), as a browser closing a tab does.
+    pub fn reset(&mut self) {
+        self.send.send_reset(h2::Reason::CANCEL);
+    }
 }
 
 impl AsyncRead for H2Io {

@@ -20,7 +20,7 @@ pub mod cli;
 mod client;
 mod closes;
 mod echo;
-mod h2;
+pub mod h2;
 pub mod modes;
 mod procstat;
 mod progress;

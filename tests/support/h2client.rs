@@ -3,22 +3,22 @@
 //! requests and WebSockets over its streams (RFC 8441 extended CONNECT) as
 //! tokio-tungstenite streams. Every network await has a timeout.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::{client_tls, Gate, STEP};
+
+/// One HTTP/2 stream as a byte stream; the load generator's, shared.
+pub use wsgate_bench::h2::H2Io;
 
 /// A WebSocket on one HTTP/2 stream.
 pub type H2Ws = WebSocketStream<H2Io>;
@@ -166,12 +166,7 @@ impl H2Conn {
                 String::from_utf8_lossy(&body).into_owned(),
             )));
         }
-        let io = H2Io {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-            ended: false,
-        };
+        let io = H2Io::new(stream, recv);
         Ok(Ok((parts, io)))
     }
 
@@ -212,84 +207,4 @@ async fn read_body(mut recv: RecvStream) -> Result<Vec<u8>> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// One HTTP/2 stream as a byte stream: DATA frames in, DATA frames out.
-pub struct H2Io {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    buf: Bytes,
-    ended: bool,
-}
-
-impl H2Io {
-    /// Resets the stream (RST_STREAM CANCEL), as a browser closing a tab does.
-    pub fn reset(&mut self) {
-        self.send.send_reset(h2::Reason::CANCEL);
-    }
-}
-
-fn h2_io(e: h2::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-impl AsyncRead for H2Io {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.buf.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.buf = data;
-                }
-            }
-        }
-        let n = self.buf.len().min(out.remaining());
-        out.put_slice(&self.buf.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for H2Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(buf.len());
-        loop {
-            let n = self.send.capacity().min(buf.len());
-            if n > 0 {
-                let data = Bytes::copy_from_slice(&buf[..n]);
-                self.send.send_data(data, false).map_err(h2_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.ended {
-            self.ended = true;
-            // The stream may already be reset by the peer; nothing to end.
-            let _ = self.send.send_data(Bytes::new(), true);
-        }
-        Poll::Ready(Ok(()))
-    }
 }
