@@ -17,8 +17,11 @@
 #   3. for each repetition, for each proxy (order rotated every repetition):
 #      fixed-rate echo over ws and wss, idle connections over ws and wss
 #      (RSS per connection, all verified after the hold), handshake churn over ws and wss
-#      (full TLS handshakes); per repetition also the direct (no proxy) baseline and
-#      a wsgate drain of all connections over the drain window;
+#      (full TLS handshakes), and for wsgate and HAProxy (`alpn h2,http/1.1`;
+#      NGINX has no RFC 8441) the h2 mode: handshake CPU and idle memory per
+#      WebSocket over HTTP/2 streams against wss, in one run; per repetition
+#      also the direct (no proxy) baseline and a wsgate drain of all
+#      connections over the drain window;
 #   4. reads each proxy's CPU time and RSS from /proc (wsgate-bench --pid),
 #      appends every summary to bench/results/compare-raw.jsonl and writes
 #      BENCHMARKS.md with bench/compare/report.py.
@@ -28,7 +31,8 @@
 # BASE+1001..1003 for the backends, BASE+1900 for the admin API),
 # NO_BUILD (0: 1 uses the binaries already in target/release),
 # NO_INSTALL (0), OUT (BENCHMARKS.md), KEEP_WORKDIR (0); sizes: RATE_DURATION,
-# RATE_WARMUP, IDLE_CONNS, IDLE_HOLD, HS_DURATION, DRAIN_CONNS, DRAIN_WINDOW_S.
+# RATE_WARMUP, IDLE_CONNS, IDLE_HOLD, HS_DURATION, DRAIN_CONNS, DRAIN_WINDOW_S,
+# H2_HANDSHAKES, H2_CONNS.
 #
 # Only loopback traffic; every run is bounded (timeout); every process this
 # script starts is stopped by its PID on exit.
@@ -56,8 +60,12 @@ RATE_CONNS=200
 MSG_SIZE=64
 if [[ $QUICK == 1 ]]; then
     d_rate=4s d_warm=1s d_idle=1000 d_hold=3s d_hs=3s d_drain=1000 d_window=5 d_sys=3s
+    d_h2hs=400 d_h2c=1000
 else
     d_rate=10s d_warm=2s d_idle=9000 d_hold=15s d_hs=8s d_drain=9000 d_window=30 d_sys=5s
+    # The h2 mode holds both sets at once (wss and h2): 2 x 4,000 stays
+    # under HAProxy's maxconn and the descriptor limit.
+    d_h2hs=2000 d_h2c=4000
 fi
 # Each can be set on its own too, e.g. QUICK=1 IDLE_CONNS=9000.
 RATE_DURATION=${RATE_DURATION:-$d_rate}
@@ -68,6 +76,8 @@ IDLE_HOLD=${IDLE_HOLD:-$d_hold}
 HS_DURATION=${HS_DURATION:-$d_hs}
 DRAIN_CONNS=${DRAIN_CONNS:-$d_drain}
 DRAIN_WINDOW_S=${DRAIN_WINDOW_S:-$d_window}
+H2_HANDSHAKES=${H2_HANDSHAKES:-$d_h2hs}
+H2_CONNS=${H2_CONNS:-$d_h2c}
 HS_CONCURRENCY=4
 
 PROXIES=(wsgate haproxy nginx)
@@ -404,6 +414,15 @@ handshake_run() { # REP PROXY ws|wss
         --source-ips "$SOURCE_IPS" --concurrency "$HS_CONCURRENCY" -d "$HS_DURATION" --size "$MSG_SIZE"
 }
 
+# WebSockets over HTTP/2 (RFC 8441) against wss in one run (`wsgate-bench
+# h2`): H2_HANDSHAKES of each, then H2_CONNS of each held idle, 100 streams
+# per HTTP/2 connection. wsgate and HAProxy only: NGINX has no RFC 8441.
+h2_run() { # REP PROXY
+    bench "$1" "$2" h2_wss 300 h2 --url "$(url "$2" wss)" --ca "$WORK/cert.pem" \
+        --source-ips "$SOURCE_IPS" -n "$H2_HANDSHAKES" -c "$H2_CONNS" \
+        --streams-per-connection 100 --concurrency "$HS_CONCURRENCY" --size "$MSG_SIZE"
+}
+
 # A wsgate drain: DRAIN_CONNS wss connections on a pool of one backend,
 # which `wsgate drain --window` closes; the generator records closes per
 # second until every connection is closed.
@@ -462,6 +481,7 @@ measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
     if [[ $rep == 1 ]] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
         tests+=(syscalls_ws syscalls_wss)
     fi
+    [[ $p == nginx ]] || tests+=(h2_wss)
     for t in "${tests[@]}"; do
         start_proxy "$p"
         case $t in
@@ -473,6 +493,7 @@ measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
         idle_wss) idle_run "$rep" "$p" wss ;;
         handshake_wss) handshake_run "$rep" "$p" wss ;;
         handshake_ws) handshake_run "$rep" "$p" ws ;;
+        h2_wss) h2_run "$rep" "$p" ;;
         esac
         stop_proxy
         sleep 1 # let closing connections settle before the next process
@@ -528,6 +549,7 @@ main() {
         --rate-duration "$RATE_DURATION" --rate-warmup "$RATE_WARMUP" --size "$MSG_SIZE" \
         --hs-duration "$HS_DURATION" --hs-concurrency "$HS_CONCURRENCY" \
         --drain-conns "$DRAIN_CONNS" --drain-window "$DRAIN_WINDOW_S" --workdir "$WORK" \
+        --h2-handshakes "$H2_HANDSHAKES" --h2-conns "$H2_CONNS" \
         --commit "$commit" --dirty-file "$WORK/dirty.txt" --no-build "$NO_BUILD"
     log "done: $OUT"
 }

@@ -75,6 +75,15 @@ METRICS = {
     "hs_rate": ("handshake_wss", get(["handshakes_per_s"]), "Handshakes per second (4 at a time; load generator on one core)", "/s", 0),
     "hs_ws_cpu": ("handshake_ws", scaled(get(["cpu_us_per_handshake"]), 1e-3), "Proxy CPU per plain ws handshake (TCP, upgrade, echo, close)", "ms", 3),
     "hs_ws_rate": ("handshake_ws", get(["handshakes_per_s"]), "Plain ws handshakes per second (4 at a time)", "/s", 0),
+    # The h2 mode: both protocols in one run (NGINX has no RFC 8441).
+    "h2_hs_cpu_h1": ("h2_wss", scaled(get(["handshake_h1", "cpu_us_per_handshake"]), 1e-3),
+                     "h2 run, wss side: proxy CPU per full TLS handshake + upgrade + echo + close", "ms", 3),
+    "h2_hs_cpu": ("h2_wss", scaled(get(["handshake_h2", "cpu_us_per_handshake"]), 1e-3),
+                  "h2 run: proxy CPU per WebSocket over HTTP/2 (new stream + echo + close; one TLS handshake per 100)", "ms", 3),
+    "h2_hs_ratio": ("h2_wss", get(["handshake_cpu_ratio_h2_h1"]), "h2 run: CPU per handshake, h2 / wss", "×", 3),
+    "h2_rss_h1": ("h2_wss", get(["idle_kib_per_ws_h1"]), "h2 run, wss side: RSS per idle WebSocket", "KiB", 2),
+    "h2_rss": ("h2_wss", get(["idle_kib_per_ws_h2"]), "h2 run: RSS per idle WebSocket over HTTP/2 (100 per connection)", "KiB", 2),
+    "h2_rss_ratio": ("h2_wss", get(["idle_memory_ratio_h2_h1"]), "h2 run: RSS per idle WebSocket, h2 / wss", "×", 3),
 }
 
 # (id, title, metric or None, goal ratio, comparison)
@@ -357,6 +366,11 @@ def write_report(a):
       f"`wsgate drain echo/echo-1 --window {a.drain_window}s --wait`; `wsgate-bench idle --until-closed` counts the Close frames "
       f"per second from the first one. Target rate = connections / {a.drain_window} s; the deviation is checked for each "
       f"of the {a.drain_window} seconds of the window.")
+    w(f"- **HTTP/2 (wsgate and HAProxy; NGINX has no RFC 8441):** `wsgate-bench h2` over the wss listener, which offers "
+      f"`h2,http/1.1` in ALPN (HAProxy: `alpn h2,http/1.1`). In one run: {a.h2_handshakes:,} handshakes of each protocol in "
+      "alternating halves (wss: a new TLS connection each; h2: a new stream by extended CONNECT, with one new TLS "
+      f"connection per 100 streams), then {a.h2_conns:,} idle WebSockets of each held at once (wss first, then h2, 100 "
+      "streams per connection). CPU per handshake and RSS growth per WebSocket for each, and their ratio h2 / wss.")
     w("- **Direct baseline:** the same rate run straight to one echo backend, no proxy.\n")
 
     # Targets
@@ -420,6 +434,7 @@ def write_report(a):
                 w(f"| {label} ({unit}) | {NAMES[c]} | " + " | ".join(fmt(v.get(r), d) for r in reps) + " |")
     w("")
 
+    w(h2_section(per_rep, med_of))
     w(cpu_breakdown(runs))
     w(instruction_counts())
 
@@ -449,7 +464,7 @@ def write_report(a):
       "as a share of one core. Well above ~10%, the run shared its cores with something else and its latencies are suspect.\n")
     w("| run | " + " | ".join(NAMES[c] for c in cols) + " |")
     w("|---|" + "---|" * len(cols))
-    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "handshake_ws", "syscalls_ws", "syscalls_wss", "drain"]
+    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "handshake_ws", "syscalls_ws", "syscalls_wss", "h2_wss", "drain"]
     for test in tests:
         row = []
         for c in cols:
@@ -501,6 +516,28 @@ def write_report(a):
 
     with open(a.out, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
+
+
+def h2_section(per_rep, med_of):
+    """WebSockets over HTTP/2 beside wss, for wsgate and HAProxy, from the
+    h2 runs (both protocols measured in the same run)."""
+    L = ["## WebSockets over HTTP/2 (RFC 8441)\n",
+         "Each `h2` run measures both protocols on one proxy process; the ratios h2 / wss are within each run "
+         "(median over repetitions). NGINX has no WebSockets over HTTP/2.\n",
+         "| metric | wsgate wss | wsgate h2 | wsgate h2 / wss | HAProxy wss | HAProxy h2 | HAProxy h2 / wss | wsgate / HAProxy, h2 |",
+         "|---|---|---|---|---|---|---|---|"]
+    rows = [("CPU per handshake (ms)", "h2_hs_cpu_h1", "h2_hs_cpu", "h2_hs_ratio", 3),
+            ("RSS per idle WebSocket (KiB)", "h2_rss_h1", "h2_rss", "h2_rss_ratio", 2)]
+    if not any(med_of[m] for _, m, _, _, _ in rows):
+        return "\n".join(L[:1] + ["No h2 runs in this measurement.\n"])
+    def g(m, c):
+        return med_of[m].get(c)
+    for label, h1, h2, ratio_m, d in rows:
+        hp = med(rep_ratios(per_rep[h2], "wsgate"))
+        L.append(f"| {label} | {fmt(g(h1, 'wsgate'), d)} | {fmt(g(h2, 'wsgate'), d)} | {fmt(g(ratio_m, 'wsgate'), 3)}× | "
+                 f"{fmt(g(h1, 'haproxy'), d)} | {fmt(g(h2, 'haproxy'), d)} | {fmt(g(ratio_m, 'haproxy'), 3)}× | {fmt(hp)}× |")
+    L.append("")
+    return "\n".join(L)
 
 
 def cpu_breakdown(runs):
@@ -646,6 +683,11 @@ def brief(line, rep, proxy, test, status):
         print(f"{head}: {ok}; connected {s.get('connected')}, open at end {s.get('open_at_hold_end')}, verify {s.get('verify')}, "
               f"ramp {s.get('ramp_s')} s, rss/conn held {s.get('rss_bytes_per_conn')} B, after hold {r and round(r)} B, "
               f"closes {s.get('closes')} {s.get('close_codes')}")
+    elif s.get("mode") == "h2":
+        h1, h2 = s.get("handshake_h1") or {}, s.get("handshake_h2") or {}
+        print(f"{head}: {ok}; cpu/handshake wss {h1.get('cpu_us_per_handshake')} µs, h2 {h2.get('cpu_us_per_handshake')} µs "
+              f"(h2/wss {s.get('handshake_cpu_ratio_h2_h1')}); idle KiB/ws wss {s.get('idle_kib_per_ws_h1')}, "
+              f"h2 {s.get('idle_kib_per_ws_h2')} (h2/wss {s.get('idle_memory_ratio_h2_h1')})")
     elif s.get("mode") == "handshake":
         print(f"{head}: {ok}; {s.get('completed')} done, {s.get('handshakes_per_s')}/s, cpu/handshake {s.get('cpu_us_per_handshake')} µs")
     else:
@@ -679,6 +721,8 @@ def main():
     p.add_argument("--drain-conns", type=int, default=9000)
     p.add_argument("--drain-window", type=int, default=30)
     p.add_argument("--nofile", type=int, default=20000)
+    p.add_argument("--h2-handshakes", type=int, default=2000)
+    p.add_argument("--h2-conns", type=int, default=4000)
     p.add_argument("--workdir", default="")
     p.add_argument("--commit", default="")
     p.add_argument("--dirty-file", default="")

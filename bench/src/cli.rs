@@ -57,6 +57,10 @@ pub enum Mode {
     /// Connect each user several times and check it lands on the same
     /// backend every time (backend id from the hello or a response header).
     Sticky(StickyArgs),
+    /// WebSockets over HTTP/2 streams (RFC 8441) against wss over
+    /// HTTP/1.1, in one run: the target's CPU per handshake and memory per
+    /// idle WebSocket for each, and their ratios (needs --pid and wss://).
+    H2(H2Args),
 }
 
 /// How to reach the target; shared by every mode.
@@ -202,6 +206,29 @@ pub struct HandshakeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct H2Args {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Handshakes per protocol: connect (a new stream over h2), hello,
+    /// one echo, close.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub handshakes: u64,
+    /// WebSockets held idle per protocol for the memory figure.
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    pub connections: usize,
+    /// WebSockets per HTTP/2 connection, in both phases (100 is wsgate's
+    /// and most servers' SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, default_value_t = 100)]
+    pub streams_per_connection: usize,
+    /// WebSockets being opened at once.
+    #[arg(long, short = 'C', default_value_t = 8)]
+    pub concurrency: usize,
+    /// Size of the one message echoed per handshake (bytes).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+}
+
+#[derive(Debug, Args)]
 pub struct StickyArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
@@ -231,6 +258,7 @@ impl Mode {
             Mode::Idle(a) => &a.conn,
             Mode::Handshake(a) => &a.conn,
             Mode::Sticky(a) => &a.conn,
+            Mode::H2(a) => &a.conn,
         }
     }
 
@@ -242,6 +270,7 @@ impl Mode {
             Mode::Idle(_) => "idle",
             Mode::Handshake(_) => "handshake",
             Mode::Sticky(_) => "sticky",
+            Mode::H2(_) => "h2",
         }
     }
 }
@@ -254,6 +283,29 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_an_h2_run() {
+        let cli = Cli::try_parse_from([
+            "wsgate-bench",
+            "h2",
+            "--url",
+            "wss://127.0.0.1:8443/echo?user={user}",
+            "-n",
+            "400",
+            "-c",
+            "1000",
+            "--pid",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cli.mode.name(), "h2");
+        let Mode::H2(args) = &cli.mode else {
+            panic!("not h2")
+        };
+        assert_eq!((args.handshakes, args.connections), (400, 1000));
+        assert_eq!(args.streams_per_connection, 100);
     }
 
     #[test]

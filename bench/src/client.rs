@@ -120,6 +120,8 @@ pub enum ConnectError {
     Echo(String),
     #[error("closing: {0}")]
     Close(WsError),
+    #[error("HTTP/2: {0}")]
+    H2(String),
 }
 
 impl ConnectError {
@@ -136,6 +138,7 @@ impl ConnectError {
             ConnectError::Hello(_) => "hello".into(),
             ConnectError::Echo(_) => "echo".into(),
             ConnectError::Close(_) => "close".into(),
+            ConnectError::H2(_) => "h2".into(),
         }
     }
 }
@@ -165,12 +168,14 @@ pub struct Target {
     user_prefix: String,
     addr: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The same TLS settings offering only `h2` in ALPN (the `h2` mode).
+    pub(crate) h2_tls: Option<TlsConnector>,
     sources: Vec<IpAddr>,
     next_source: AtomicU64,
     hello: bool,
     /// Limit for each step (connect, TLS, upgrade, hello, echo, close).
     pub timeout: Duration,
-    ws_config: WebSocketConfig,
+    pub(crate) ws_config: WebSocketConfig,
 }
 
 impl Target {
@@ -182,20 +187,25 @@ impl Target {
             Some(addr) => addr,
             None => resolve(&parsed.host, parsed.port, sources.first()).await?,
         };
-        let tls = match parsed.tls {
-            false => None,
+        let (tls, h2_tls) = match parsed.tls {
+            false => (None, None),
             true => {
                 let config = tls_config(
                     args.ca.as_deref(),
                     args.danger_accept_any_cert,
                     args.tls_resume,
                 )?;
+                let mut h2 = config.clone();
+                h2.alpn_protocols = vec![b"h2".to_vec()];
                 let name =
                     ServerName::try_from(parsed.host.clone()).map_err(|e| SetupError::BadUrl {
                         url: args.url.clone(),
                         reason: format!("host is not a valid TLS server name: {e}"),
                     })?;
-                Some((TlsConnector::from(Arc::new(config)), name))
+                (
+                    Some((TlsConnector::from(Arc::new(config)), name)),
+                    Some(TlsConnector::from(Arc::new(h2))),
+                )
             }
         };
         Ok(Self {
@@ -203,6 +213,7 @@ impl Target {
             user_prefix: args.user_prefix.clone(),
             addr,
             tls,
+            h2_tls,
             sources,
             next_source: AtomicU64::new(0),
             hello: !args.no_hello,
@@ -257,15 +268,7 @@ impl Target {
             other => ConnectError::Upgrade(other),
         })?;
         let upgrade = t.elapsed();
-        let (hello, hello_time) = if self.hello {
-            let t = Instant::now();
-            let text = step(self.timeout, Phase::Hello, first_message(&mut ws))
-                .await?
-                .map_err(ConnectError::Hello)?;
-            (Some(text), Some(t.elapsed()))
-        } else {
-            (None, None)
-        };
+        let (hello, hello_time) = self.hello(&mut ws).await?;
         Ok(Connected {
             ws,
             headers: response.into_parts().0.headers,
@@ -279,7 +282,28 @@ impl Target {
         })
     }
 
-    async fn tcp(&self) -> Result<TcpStream, ConnectError> {
+    /// The server's first message and how long it took, unless
+    /// `--no-hello` was given.
+    pub(crate) async fn hello(
+        &self,
+        ws: &mut Ws,
+    ) -> Result<(Option<String>, Option<Duration>), ConnectError> {
+        if !self.hello {
+            return Ok((None, None));
+        }
+        let t = Instant::now();
+        let text = step(self.timeout, Phase::Hello, first_message(ws))
+            .await?
+            .map_err(ConnectError::Hello)?;
+        Ok((Some(text), Some(t.elapsed())))
+    }
+
+    /// The TLS server name, for `wss://` targets.
+    pub(crate) fn server_name(&self) -> Option<&ServerName<'static>> {
+        self.tls.as_ref().map(|(_, name)| name)
+    }
+
+    pub(crate) async fn tcp(&self) -> Result<TcpStream, ConnectError> {
         let socket = match self.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),

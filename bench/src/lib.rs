@@ -6,6 +6,7 @@
 //!
 //! - [`cli`]: flags; [`units`]: duration and address-list parsers;
 //! - `client`: connecting (source addresses, TLS, Upgrade, hello);
+//!   `h2`: WebSockets over HTTP/2 streams (RFC 8441) for the `h2` mode;
 //! - `schedule`: the open-loop send schedule; `echo`: stamped messages and
 //!   latency histograms; `closes`: per-second close buckets;
 //! - `summary`: the JSON summary; `procstat`: CPU and RSS of `--pid`s;
@@ -19,6 +20,7 @@ pub mod cli;
 mod client;
 mod closes;
 mod echo;
+pub mod h2;
 pub mod modes;
 mod procstat;
 mod progress;
@@ -134,6 +136,7 @@ async fn run_mode(cli: &Cli, started: Instant) -> Result<Report, BenchError> {
         Mode::Idle(args) => modes::idle::run(&ctx, args).await,
         Mode::Handshake(args) => modes::handshake::run(&ctx, args).await,
         Mode::Sticky(args) => modes::sticky::run(&ctx, args).await,
+        Mode::H2(args) => modes::h2::run(&ctx, args).await,
     };
     ctx.progress.finish();
     let outcome = outcome?;

@@ -6,7 +6,7 @@ use wsgate::routing::ring::{key_hash, Ring};
 use wsgate_tests::*;
 
 /// First user (user-0, user-1, ...) that the ring maps to backend `index`.
-fn user_on(ids: &[&str], index: usize) -> String {
+pub(crate) fn user_on(ids: &[&str], index: usize) -> String {
     let ring = Ring::new(ids.iter().map(|id| (*id, 1)));
     (0..)
         .map(|i| format!("user-{i}"))

@@ -267,34 +267,127 @@ async fn the_origin_policy_applies_to_websockets_over_http2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_closes_only_the_drained_backends_streams_with_1012() {
+async fn drain_closes_only_the_drained_backends_streams_with_1012_spread_over_the_window() {
     let backends = start_backends(&["b1", "b2", "b3"]);
     let gate = gate_of(&backends, &format!("timeouts: {{ close: 1s }}\n{ADMIN}"));
-    let conn = H2Conn::open(&gate).await.unwrap();
+    // Two connections, each carrying streams of all three backends.
+    let conns = [
+        H2Conn::open(&gate).await.unwrap(),
+        H2Conn::open(&gate).await.unwrap(),
+    ];
     let mut on: HashMap<String, Vec<Box<H2Ws>>> = HashMap::new();
-    for i in 0..60 {
-        let mut ws = open_ws(&conn, &format!("/echo?user=d{i}")).await;
+    for i in 0..150 {
+        let mut ws = open_ws(&conns[i % 2], &format!("/echo?user=d{i}")).await;
         let b = hello_h2(&mut ws).await;
         on.entry(b).or_default().push(ws);
     }
-    assert_eq!(on.len(), 3, "60 users use all three backends");
-    let (code, out, err) = gate.cli(&["drain", "chat/b2", "--window", "2s"]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(on.len(), 3, "150 users use all three backends");
     let drained = on.remove("b2").unwrap();
     let n = drained.len();
-    let codes: Vec<Option<u16>> = stream::iter(drained)
-        .map(|mut ws| async move { close_within(&mut ws, Duration::from_secs(10)).await })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    assert!(n > 20, "b2 has {n} of 150");
+    let window = Duration::from_secs(2);
+    let start = tokio::time::Instant::now();
+    // Every drained stream is watched from before the drain begins.
+    let watched = tokio::spawn(async move {
+        stream::iter(drained)
+            .map(|mut ws| async move {
+                let code = close_within(&mut ws, Duration::from_secs(10)).await;
+                (code, start.elapsed())
+            })
+            .buffer_unordered(usize::MAX)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let (code, out, err) = gate.cli(&["drain", "chat/b2", "--window", "2s"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let closes = tokio::time::timeout(Duration::from_secs(15), watched)
+        .await
+        .unwrap()
+        .unwrap();
+    let codes: Vec<Option<u16>> = closes.iter().map(|c| c.0).collect();
     assert_eq!(codes, vec![Some(1012); n]);
-    // The others, on the same connection, were not disturbed.
+    let times: Vec<Duration> = closes.iter().map(|c| c.1).collect();
+    assert!(
+        times.iter().all(|t| *t <= window + Duration::from_secs(2)),
+        "closed within the window and the close timeout: {times:?}"
+    );
+    assert_spread(&times, window);
+    // The others, on the same connections, were not disturbed.
     for (b, list) in on.iter_mut() {
         for ws in list.iter_mut() {
             ws.send(Message::text(format!("still {b}"))).await.unwrap();
             assert_eq!(next_h2(ws).await, Message::text(format!("still {b}")));
         }
     }
+    assert!(conns.iter().all(H2Conn::is_open));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_the_connection_limit_gets_503_and_the_others_go_on() {
+    let backends = start_backends(&["b1"]);
+    // The TLS connection holds one slot and each WebSocket stream another,
+    // as the HTTP/1.1 connection it replaces would.
+    let gate = gate_of(&backends, "limits: { max_connections: 3 }\n");
+    let conn = H2Conn::open(&gate).await.unwrap();
+    let mut a = open_ws(&conn, "/echo?user=a").await;
+    hello_h2(&mut a).await;
+    let mut b = open_ws(&conn, "/echo?user=b").await;
+    hello_h2(&mut b).await;
+    match conn.websocket("/echo?user=c", &[]).await.unwrap() {
+        Opened::Refused(status, headers, _) => {
+            assert_eq!(status, 503);
+            assert_eq!(headers.get("retry-after").unwrap(), "5");
+        }
+        Opened::WebSocket(..) => panic!("a stream over max_connections was admitted"),
+    }
+    // The refusal was that stream's alone.
+    echo_fragmented(&mut a, 70_000, 6).await;
+    echo_fragmented(&mut b, 1000, 7).await;
+    assert!(conn.is_open());
+    // A stream that ends frees its slot for the next one.
+    b.send(Message::Close(None)).await.unwrap();
+    close_within(&mut b, STEP).await;
+    let until = tokio::time::Instant::now() + STEP;
+    let mut c = loop {
+        match conn.websocket("/echo?user=c", &[]).await.unwrap() {
+            Opened::WebSocket(_, ws) => break ws,
+            Opened::Refused(status, ..) => {
+                assert_eq!(status, 503);
+                assert!(
+                    tokio::time::Instant::now() < until,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    hello_h2(&mut c).await;
+    echo_fragmented(&mut a, 1000, 8).await;
+}
+
+/// The victim's frames are read raw: tungstenite refuses 1014 (see
+/// `failures::killed_backend_gives_its_clients_close_1014`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_dies_gives_its_streams_1014_and_no_one_else() {
+    let backends = start_backends(&["b1", "b2"]);
+    let gate = gate_of(&backends, "");
+    let conn = H2Conn::open(&gate).await.unwrap();
+    let victim_user = crate::failures::user_on(&["b1", "b2"], 0);
+    let mut victim = conn
+        .raw_websocket(&format!("/echo?user={victim_user}"))
+        .await
+        .unwrap();
+    let (opcode, first) = read_frame(&mut victim).await.unwrap();
+    assert_eq!(opcode, 0x1);
+    let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(v["backend"], "b1");
+    let other_user = crate::failures::user_on(&["b1", "b2"], 1);
+    let mut other = open_ws(&conn, &format!("/echo?user={other_user}")).await;
+    assert_eq!(hello_h2(&mut other).await, "b2");
+
+    backends[0].proc.signal("KILL");
+    assert_eq!(read_close_code(&mut victim).await.unwrap(), Some(1014));
+    echo_fragmented(&mut other, 100_000, 5).await;
     assert!(conn.is_open());
 }
 
@@ -315,8 +408,12 @@ async fn a_reset_stream_and_a_rapid_reset_flood_disturb_nobody_else() {
     echo_fragmented(&mut kept, 70_000, 2).await;
 
     // Another client opens streams and resets them at once, many times.
-    let flood = H2Conn::open(&gate).await.unwrap();
-    for i in 0..2000 {
+    // Only the streams reset before wsgate accepted them count, so how
+    // many it takes depends on timing: up to 20 000.
+    let mut flood = H2Conn::open(&gate).await.unwrap();
+    let mut sent = 0;
+    let mut cut = None;
+    for i in 0..20_000 {
         let opened = tokio::time::timeout(STEP, async {
             let req = http::Request::builder()
                 .method(http::Method::GET)
@@ -328,11 +425,36 @@ async fn a_reset_stream_and_a_rapid_reset_flood_disturb_nobody_else() {
         })
         .await;
         match opened {
-            Ok(Ok(mut stream)) => stream.send_reset(::h2::Reason::CANCEL),
+            Ok(Ok(mut stream)) => {
+                stream.send_reset(::h2::Reason::CANCEL);
+                sent += 1;
+            }
             // wsgate sent GOAWAY: the flood is over.
-            _ => break,
+            Ok(Err(e)) => {
+                cut = Some(e);
+                break;
+            }
+            Err(_) => panic!("a stream could not be opened within {STEP:?}"),
         }
     }
+    // h2 (under hyper) counts streams reset before they were accepted,
+    // and past `limits.http2.max_pending_accept_reset_streams` it ends the
+    // connection with GOAWAY ENHANCE_YOUR_CALM ("too_many_resets") and
+    // closes it. The client learns the reason from the next stream it
+    // tries to open, unless its own next write meets the closed socket
+    // first (a broken pipe, which hides the GOAWAY): either is the cut.
+    let cut = cut.expect("the flood was never cut off");
+    match cut.downcast_ref::<::h2::Error>() {
+        Some(e) if e.is_go_away() => {
+            assert!(e.is_remote(), "{e:?}");
+            assert_eq!(e.reason(), Some(::h2::Reason::ENHANCE_YOUR_CALM), "{e:?}");
+        }
+        Some(e) => assert!(e.is_io(), "{e:?}"),
+        None => panic!("not an h2 error: {cut:?}"),
+    }
+    assert!(sent < 20_000, "the flood was never cut off");
+    flood.ended().await.unwrap().ok();
+    assert!(!flood.is_open());
     // Everyone else is still served: the kept stream, a new connection.
     echo_fragmented(&mut kept, 1 << 16, 3).await;
     let fresh = H2Conn::open(&gate).await.unwrap();

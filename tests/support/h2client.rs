@@ -3,22 +3,22 @@
 //! requests and WebSockets over its streams (RFC 8441 extended CONNECT) as
 //! tokio-tungstenite streams. Every network await has a timeout.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Method, Request, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::{client_tls, Gate, STEP};
+
+/// One HTTP/2 stream as a byte stream; the load generator's, shared.
+pub use wsgate_bench::h2::H2Io;
 
 /// A WebSocket on one HTTP/2 stream.
 pub type H2Ws = WebSocketStream<H2Io>;
@@ -36,6 +36,9 @@ impl Drop for H2Conn {
         self.driver.abort();
     }
 }
+
+/// An extended CONNECT's answer: the head and the stream, or the refusal.
+type Opening = std::result::Result<(http::response::Parts, H2Io), (StatusCode, HeaderMap, String)>;
 
 /// What wsgate answered an extended CONNECT.
 pub enum Opened {
@@ -97,9 +100,9 @@ impl H2Conn {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    /// Opens a WebSocket on a new stream: `:protocol websocket`,
+    /// An extended CONNECT for `path`: `:protocol websocket`,
     /// `Sec-WebSocket-Version: 13` and `headers` (replacing any of the same name).
-    pub async fn websocket(&self, path: &str, headers: &[(&str, &str)]) -> Result<Opened> {
+    fn websocket_request(&self, path: &str, headers: &[(&str, &str)]) -> Result<Request<()>> {
         let mut req = Request::builder()
             .method(Method::CONNECT)
             .version(Version::HTTP_2)
@@ -113,30 +116,28 @@ impl H2Conn {
                 http::HeaderValue::from_str(value)?,
             );
         }
-        self.connect(req).await
+        Ok(req)
+    }
+
+    /// Opens a WebSocket on a new stream (see `websocket_request`).
+    pub async fn websocket(&self, path: &str, headers: &[(&str, &str)]) -> Result<Opened> {
+        self.connect(self.websocket_request(path, headers)?).await
+    }
+
+    /// Opens a WebSocket on a new stream and returns the stream's bytes,
+    /// for reading frames raw (tungstenite refuses some close codes, 1014).
+    pub async fn raw_websocket(&self, path: &str) -> Result<H2Io> {
+        match self.open_stream(self.websocket_request(path, &[])?).await? {
+            Ok((_, io)) => Ok(io),
+            Err((status, _, body)) => bail!("{path}: refused {status}: {body}"),
+        }
     }
 
     /// Sends `req` (a CONNECT) on a new stream and waits for the answer.
     pub async fn connect(&self, req: Request<()>) -> Result<Opened> {
-        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
-        let (response, stream) = send.send_request(req, false)?;
-        let response = tokio::time::timeout(STEP, response)
-            .await
-            .context("no answer to the CONNECT")??;
-        let (parts, recv) = response.into_parts();
-        if parts.status != StatusCode::OK {
-            let body = read_body(recv).await.unwrap_or_default();
-            return Ok(Opened::Refused(
-                parts.status,
-                parts.headers,
-                String::from_utf8_lossy(&body).into_owned(),
-            ));
-        }
-        let io = H2Io {
-            send: stream,
-            recv,
-            buf: Bytes::new(),
-            ended: false,
+        let (parts, io) = match self.open_stream(req).await? {
+            Ok(opened) => opened,
+            Err((status, headers, body)) => return Ok(Opened::Refused(status, headers, body)),
         };
         let config = WebSocketConfig::default()
             .max_message_size(Some(64 << 20))
@@ -146,6 +147,33 @@ impl H2Conn {
             http::Response::from_parts(parts, ()),
             Box::new(ws),
         ))
+    }
+
+    /// Sends `req` (a CONNECT) on a new stream: the answer's head and the
+    /// stream's bytes on `200`, else the refusal's status, headers and body.
+    async fn open_stream(&self, req: Request<()>) -> Result<Opening> {
+        let mut send = tokio::time::timeout(STEP, self.send.clone().ready()).await??;
+        let (response, stream) = send.send_request(req, false)?;
+        let response = tokio::time::timeout(STEP, response)
+            .await
+            .context("no answer to the CONNECT")??;
+        let (parts, recv) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let body = read_body(recv).await.unwrap_or_default();
+            return Ok(Err((
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            )));
+        }
+        let io = H2Io::new(stream, recv);
+        Ok(Ok((parts, io)))
+    }
+
+    /// How the connection ended, waiting for it up to STEP: `Err` with the
+    /// GOAWAY's reason when the server sent one with an error code.
+    pub async fn ended(&mut self) -> Result<std::result::Result<(), h2::Error>> {
+        Ok(tokio::time::timeout(STEP, &mut self.driver).await??)
     }
 
     /// Sends `req` and returns its stream at once, without waiting for an
@@ -179,84 +207,4 @@ async fn read_body(mut recv: RecvStream) -> Result<Vec<u8>> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// One HTTP/2 stream as a byte stream: DATA frames in, DATA frames out.
-pub struct H2Io {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    buf: Bytes,
-    ended: bool,
-}
-
-impl H2Io {
-    /// Resets the stream (RST_STREAM CANCEL), as a browser closing a tab does.
-    pub fn reset(&mut self) {
-        self.send.send_reset(h2::Reason::CANCEL);
-    }
-}
-
-fn h2_io(e: h2::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-impl AsyncRead for H2Io {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.buf.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.buf = data;
-                }
-            }
-        }
-        let n = self.buf.len().min(out.remaining());
-        out.put_slice(&self.buf.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for H2Io {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(buf.len());
-        loop {
-            let n = self.send.capacity().min(buf.len());
-            if n > 0 {
-                let data = Bytes::copy_from_slice(&buf[..n]);
-                self.send.send_data(data, false).map_err(h2_io)?;
-                return Poll::Ready(Ok(n));
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.ended {
-            self.ended = true;
-            // The stream may already be reset by the peer; nothing to end.
-            let _ = self.send.send_data(Bytes::new(), true);
-        }
-        Poll::Ready(Ok(()))
-    }
 }

@@ -800,6 +800,22 @@ where
     }
 }
 
+/// Asserts that close times (since the drain began) are spread over a
+/// `window` drain: no 100 ms slice holds more than three times its fair
+/// share, so the closes were paced rather than sent in a burst.
+pub fn assert_spread(times: &[Duration], window: Duration) {
+    let mut slices: std::collections::HashMap<u128, usize> = std::collections::HashMap::new();
+    for t in times {
+        *slices.entry(t.as_millis() / 100).or_default() += 1;
+    }
+    let fair = times.len() as f64 / (window.as_millis() as f64 / 100.0);
+    let worst = slices.values().copied().max().unwrap_or(0);
+    assert!(
+        worst as f64 <= 3.0 * fair,
+        "worst slice {worst}, fair {fair:.1}: {slices:?}"
+    );
+}
+
 /// Runs `wsgate ARGS...` to its end; returns (exit code, stdout, stderr).
 pub fn wsgate(args: &[&str]) -> Result<(i32, String, String)> {
     run_binary(&bin("wsgate"), args)

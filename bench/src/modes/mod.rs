@@ -7,7 +7,9 @@
 //! | [`idle`] | none (held connections) | memory per connection, closes per second, still-working check |
 //! | [`handshake`] | churn | handshakes per second, per-step latency, CPU per handshake |
 //! | [`sticky`] | reconnects | users that stayed on one backend |
+//! | [`h2`] | churn, then held | CPU per handshake and memory per idle WebSocket, over HTTP/2 against HTTP/1.1 |
 
+pub mod h2;
 pub mod handshake;
 pub mod idle;
 pub mod rate;
