@@ -75,7 +75,16 @@ impl H2Conn {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = tokio::time::timeout(STEP, h2::client::handshake(io)).await??;
+        // Receive windows as a browser sets them (Chromium: 6 MiB per
+        // stream, 15 MiB per connection). With h2's 64 KiB defaults, a
+        // hundred streams echoing 1 MiB at once trickle through one 64 KiB
+        // window, and a debug build on a busy machine can take longer than
+        // a step for one stream's share.
+        let handshake = h2::client::Builder::new()
+            .initial_window_size(6 << 20)
+            .initial_connection_window_size(15 << 20)
+            .handshake(io);
+        let (send, conn) = tokio::time::timeout(STEP, handshake).await??;
         let driver = tokio::spawn(conn);
         let mut send = tokio::time::timeout(STEP, send.ready()).await??;
         // The server's SETTINGS arrive after the handshake returns; poll

@@ -113,7 +113,8 @@ impl End {
                 observe.access_log.send(Entry::Ws {
                     format: log.format,
                     session,
-                    backend: key.clone(),
+                    pool: key.pool.clone(),
+                    backend: key.id.clone(),
                     report,
                 });
             }

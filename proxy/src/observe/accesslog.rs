@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::keyhash::KeyHasher;
 use super::record::{self, HttpRequest, WsSession};
 use crate::config::accesslog::{Format, Target};
-use crate::routing::registry::BackendKey;
 use crate::tunnel::TunnelReport;
 
 /// One line's facts, queued to the writer thread, which formats them.
@@ -32,7 +31,8 @@ pub(crate) enum Entry {
     Ws {
         format: Format,
         session: Box<WsSession>,
-        backend: BackendKey,
+        pool: String,
+        backend: String,
         report: TunnelReport,
     },
     Http {
@@ -47,9 +47,10 @@ impl Entry {
             Entry::Ws {
                 format,
                 session,
+                pool,
                 backend,
                 report,
-            } => record::ws_line(*format, session, &backend.pool, &backend.id, report, hasher),
+            } => record::ws_line(*format, session, pool, backend, report, hasher),
             Entry::Http { format, request } => record::http_line(*format, request),
         }
     }
