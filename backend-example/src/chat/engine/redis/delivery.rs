@@ -83,13 +83,18 @@ impl Delivery {
     /// message: after a (re)subscription, when live events may have been
     /// published while nobody here listened.
     pub async fn fill_all(&mut self) {
-        let rooms: Vec<(String, Position)> = self
-            .rooms
-            .iter()
-            .filter_map(|(room, w)| Some((room.clone(), w.last.clone()?)))
-            .collect();
-        for (room, last) in rooms {
-            self.fill(&room, &last, u64::MAX).await;
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.catch_up(&room).await;
+        }
+    }
+
+    /// Delivers what `room` stored after its last delivered message (if it
+    /// has delivered one: before that, the joins' recovery covers history).
+    pub async fn catch_up(&mut self, room: &str) {
+        let last = self.rooms.get(room).and_then(|w| w.last.clone());
+        if let Some(last) = last {
+            self.fill(room, &last, u64::MAX).await;
         }
     }
 

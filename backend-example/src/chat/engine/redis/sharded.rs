@@ -104,10 +104,7 @@ impl Sharded {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
             let first_deadline = self.probes.values().map(|p| p.deadline).min();
-            let wake = match (self.resync_at, first_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = self.resync_at.into_iter().chain(first_deadline).min();
             let resync = async move {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -242,41 +239,32 @@ impl Sharded {
             return;
         }
         self.probes.remove(&room);
-        self.fill(&room).await;
+        self.delivery.catch_up(&room).await;
         info!(room, "redis cluster: room resubscribed");
     }
 
     /// Rooms whose probe did not come back in time are lost again.
     fn expire_probes(&mut self) {
         let now = Instant::now();
-        let expired: Vec<String> = self
-            .probes
-            .iter()
-            .filter(|(_, p)| p.deadline <= now)
-            .map(|(room, _)| room.clone())
-            .collect();
-        if expired.is_empty() {
+        let before = self.lost.len();
+        let lost = &mut self.lost;
+        self.probes.retain(|room, p| {
+            let alive = p.deadline > now;
+            if !alive {
+                warn!(
+                    room,
+                    "redis cluster: the subscription did not deliver a probe; resubscribing"
+                );
+                lost.insert(room.clone());
+            }
+            alive
+        });
+        if self.lost.len() == before {
             return;
-        }
-        for room in expired {
-            self.probes.remove(&room);
-            warn!(
-                room,
-                "redis cluster: the subscription did not deliver a probe; resubscribing"
-            );
-            self.lost.insert(room);
         }
         let delay = self.delay;
         self.schedule(delay);
         self.delay = (self.delay * 2).min(MAX_RESYNC_DELAY);
-    }
-
-    /// Delivers what `room` stored after its last delivered message.
-    async fn fill(&mut self, room: &str) {
-        let last = self.delivery.rooms.get(room).and_then(|w| w.last.clone());
-        if let Some(last) = last {
-            self.delivery.fill(room, &last, u64::MAX).await;
-        }
     }
 
     /// Re-establishes the lost rooms' subscriptions and fills their gaps;
@@ -313,7 +301,7 @@ impl Sharded {
                         .insert(room.clone(), Pending { nonce, deadline });
                     // Fill now for a fast recovery; the probe's return
                     // fills again once the subscription is proven.
-                    self.fill(&room).await;
+                    self.delivery.catch_up(&room).await;
                     debug!(room, "redis cluster: room resubscribed; probing");
                 }
                 Err(err) => {
