@@ -17,7 +17,8 @@
 //! Pub/Sub on a cluster ([`sharded`]). One subscriber task per backend
 //! subscribes to the rooms that have local members and feeds the [`Hub`]
 //! ([`delivery`]); if it ever sees a hole in the offsets (after a lost
-//! subscription), it fills it from the stream before going on.
+//! subscription), it fills it from the stream before going on. On a
+//! cluster, a resubscribed room is trusted once a [`probe`] comes back.
 //! [`target`] reads the URL, [`conn`] is the command connection.
 
 pub mod conn;
