@@ -106,10 +106,12 @@ pub fn validate(
     let key = headers
         .get(SEC_WEBSOCKET_KEY)
         .ok_or(HandshakeError::MissingKey)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(key.as_bytes().trim_ascii())
+    // Decoded on the stack: a key that does not fit is not 16 bytes either.
+    let mut decoded = [0u8; 32];
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(key.as_bytes().trim_ascii(), &mut decoded)
         .map_err(|_| HandshakeError::BadKey)?;
-    if decoded.len() != 16 {
+    if len != 16 {
         return Err(HandshakeError::BadKey);
     }
     match headers.get(SEC_WEBSOCKET_VERSION) {
@@ -120,10 +122,18 @@ pub fn validate(
 
 /// The `Sec-WebSocket-Accept` value that answers `key`.
 pub fn accept_value(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_bytes(key)).into_owned()
+}
+
+/// [`accept_value`] on the stack: base64 of a 20-byte SHA-1 is 28 bytes.
+fn accept_bytes(key: &[u8]) -> [u8; 28] {
     let mut sha = Sha1::new();
     sha.update(key.trim_ascii());
     sha.update(ACCEPT_GUID);
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+    let mut out = [0u8; 28];
+    // 20 bytes always encode to exactly 28: the slice cannot be too small.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha.finalize(), &mut out);
+    out
 }
 
 /// Why a backend's 101 does not complete the client's handshake.
@@ -144,7 +154,7 @@ pub fn check_backend_101(key: &[u8], headers: &HeaderMap) -> Result<(), BackendH
     }
     let mut accepts = headers.get_all(SEC_WEBSOCKET_ACCEPT).iter();
     match (accepts.next(), accepts.next()) {
-        (Some(v), None) if v.as_bytes().trim_ascii() == accept_value(key).as_bytes() => Ok(()),
+        (Some(v), None) if v.as_bytes().trim_ascii() == accept_bytes(key) => Ok(()),
         _ => Err(BackendHandshakeError::BadAccept),
     }
 }
@@ -152,11 +162,23 @@ pub fn check_backend_101(key: &[u8], headers: &HeaderMap) -> Result<(), BackendH
 /// Whether a comma-separated header (any of its lines) contains `token`,
 /// case-insensitively.
 pub fn header_has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            .unwrap_or(false)
-    })
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| value_has_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// One pass over the bytes: the same answer as `to_str`, split on commas,
+/// trim and compare (a value with a byte outside visible ASCII and tab has
+/// no tokens), without walking the value three times. Four of these run
+/// per handshake.
+fn value_has_token(value: &[u8], token: &[u8]) -> bool {
+    if !value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        return false;
+    }
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -175,6 +197,27 @@ mod tests {
         h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         h.insert(HOST, HeaderValue::from_static("server.example.com"));
         h
+    }
+
+    #[test]
+    fn tokens_are_found_only_in_visible_ascii_values() {
+        for (value, found) in [
+            ("Upgrade", true),
+            ("keep-alive,\tupgrade ", true),
+            (" keep-alive , UPGRADE", true),
+            ("upgrades", false),
+            ("keep-alive", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                value_has_token(value.as_bytes(), b"upgrade"),
+                found,
+                "{value:?}"
+            );
+        }
+        // A value with obs-text has no tokens at all, as with `to_str`.
+        assert!(!value_has_token(b"upgrade, \xff", b"upgrade"));
+        assert!(!value_has_token(b"upgrade\x0b", b"upgrade"));
     }
 
     fn check(h: &HeaderMap) -> Result<(), HandshakeError> {
