@@ -476,10 +476,17 @@ syscalls_run() { # REP PROXY ws|wss
         -d "$SYSCALLS_DURATION" --warmup 1s
 }
 
+# The plain ws handshake churn again, shorter, with the proxy's system calls
+# counted: where a handshake's CPU goes (user, system, calls) for each proxy.
+syscalls_hs_run() { # REP PROXY
+    bench "$1" "$2" syscalls_hs 60 handshake --url "$(url "$2" ws)" --ca "$WORK/cert.pem" \
+        --source-ips "$SOURCE_IPS" --concurrency "$HS_CONCURRENCY" -d "$SYSCALLS_DURATION" --size "$MSG_SIZE"
+}
+
 measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
     local rep=$1 p=$2 t tests=(rate_ws rate_wss idle_ws idle_wss handshake_wss handshake_ws)
     if [[ $rep == 1 ]] && perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
-        tests+=(syscalls_ws syscalls_wss)
+        tests+=(syscalls_ws syscalls_wss syscalls_hs)
     fi
     [[ $p == nginx ]] || tests+=(h2_wss)
     for t in "${tests[@]}"; do
@@ -489,6 +496,7 @@ measure_proxy() { # REP PROXY: each measurement on a fresh proxy process
         rate_wss) rate_run "$rep" "$p" wss ;;
         syscalls_ws) syscalls_run "$rep" "$p" ws ;;
         syscalls_wss) syscalls_run "$rep" "$p" wss ;;
+        syscalls_hs) syscalls_hs_run "$rep" "$p" ;;
         idle_ws) idle_run "$rep" "$p" ws ;;
         idle_wss) idle_run "$rep" "$p" wss ;;
         handshake_wss) handshake_run "$rep" "$p" wss ;;

@@ -464,7 +464,7 @@ def write_report(a):
       "as a share of one core. Well above ~10%, the run shared its cores with something else and its latencies are suspect.\n")
     w("| run | " + " | ".join(NAMES[c] for c in cols) + " |")
     w("|---|" + "---|" * len(cols))
-    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "handshake_ws", "syscalls_ws", "syscalls_wss", "h2_wss", "drain"]
+    tests = ["rate_ws", "rate_wss", "idle_ws", "idle_wss", "handshake_wss", "handshake_ws", "syscalls_ws", "syscalls_wss", "syscalls_hs", "h2_wss", "drain"]
     for test in tests:
         row = []
         for c in cols:
@@ -577,6 +577,46 @@ def cpu_breakdown(runs):
                      f"{fmt(share * 100, 0) + '%' if share is not None else '—'} | {fmt(med(calls))} |")
     if not rows:
         return "## Where the proxy's CPU goes, per echoed message\n\nNot measured in this run (needs `perf`).\n"
+    return "\n".join(L) + "\n" + handshake_breakdown(runs)
+
+
+def handshake_breakdown(runs):
+    """The same split per plain ws handshake (handshake_ws runs for CPU,
+    the syscalls_hs run for system calls), with what each proxy would cost
+    relative to HAProxy if its user space took no time at all: the floor
+    that the kernel's share sets for a ratio target."""
+    L = ["### Per plain ws handshake\n",
+         "User and system CPU of the proxy over the `handshake_ws` runs (medians), divided by the completed "
+         "handshakes (TCP connect, upgrade, hello, one echo, close); system calls from a separate shorter "
+         "run (`syscalls_hs`). The last column is the system time alone as a share of HAProxy's whole "
+         "CPU per handshake: the ratio a proxy would reach with a user space that cost nothing.\n",
+         "| proxy | user µs/handshake | system µs/handshake | system share | system calls/handshake | system alone / HAProxy total |",
+         "|---|---|---|---|---|---|"]
+    split = {}
+    for proxy in CANDIDATES:
+        user, system, calls = [], [], []
+        for r in runs:
+            s, m = r.get("summary") or {}, r.get("machine") or {}
+            n = s.get("completed") or 0
+            if r["proxy"] != proxy or not n:
+                continue
+            if r["test"] == "handshake_ws" and m.get("proxy_sys_s") is not None:
+                total, sys_s = m.get("proxy_s") or 0.0, m["proxy_sys_s"]
+                user.append((total - sys_s) * 1e6 / n)
+                system.append(sys_s * 1e6 / n)
+            if r["test"] == "syscalls_hs" and m.get("syscalls") is not None:
+                calls.append(m["syscalls"] / n)
+        if user or calls:
+            split[proxy] = (med(user), med(system), med(calls))
+    if not split:
+        return ""
+    base = split.get("haproxy")
+    base_total = base[0] + base[1] if base and base[0] is not None and base[1] is not None else None
+    for proxy, (u, sy, c) in split.items():
+        share = sy / (u + sy) if u is not None and sy is not None and (u + sy) else None
+        floor = f"{sy / base_total:.2f}×" if sy is not None and base_total else "—"
+        L.append(f"| {NAMES[proxy]} | {fmt(u)} | {fmt(sy)} | "
+                 f"{fmt(share * 100, 0) + '%' if share is not None else '—'} | {fmt(c)} | {floor} |")
     return "\n".join(L) + "\n"
 
 
