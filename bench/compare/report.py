@@ -540,7 +540,35 @@ def h2_section(per_rep, med_of):
     return "\n".join(L)
 
 
+def cpu_split(runs, proxy, cpu_test, calls_test, count):
+    """Medians over repetitions of one proxy's user and system µs and its
+    system calls per unit of work (`count`, a field of the summary): CPU from
+    the `cpu_test` runs, calls from the `calls_test` runs (perf's
+    raw_syscalls tracepoint). None where nothing was measured."""
+    user, system, calls = [], [], []
+    for r in runs:
+        s, m = r.get("summary") or {}, r.get("machine") or {}
+        n = s.get(count) or 0
+        if r["proxy"] != proxy or not n:
+            continue
+        if r["test"] == cpu_test and m.get("proxy_sys_s") is not None:
+            total, sys_s = m.get("proxy_s") or 0.0, m["proxy_sys_s"]
+            user.append((total - sys_s) * 1e6 / n)
+            system.append(sys_s * 1e6 / n)
+        if r["test"] == calls_test and m.get("syscalls") is not None:
+            calls.append(m["syscalls"] / n)
+    if not (user or calls):
+        return None
+    return med(user), med(system), med(calls)
+
+
+def share_cell(u, sy):
+    share = sy / (u + sy) if u is not None and sy is not None and (u + sy) else None
+    return fmt(share * 100, 0) + "%" if share is not None else "—"
+
+
 def cpu_breakdown(runs):
+
     """Per echoed message (client to backend and back through the proxy):
     the proxy's user and system CPU from the rate runs, and its system calls
     from the shorter syscalls_* runs (perf's raw_syscalls tracepoint), as
@@ -556,25 +584,12 @@ def cpu_breakdown(runs):
     rows = 0
     for proxy in CANDIDATES:
         for tr in ("ws", "wss"):
-            user, system, calls = [], [], []
-            for r in runs:
-                s, m = r.get("summary") or {}, r.get("machine") or {}
-                n = s.get("received") or 0
-                if r["proxy"] != proxy or not n:
-                    continue
-                if r["test"] == f"rate_{tr}" and m.get("proxy_sys_s") is not None:
-                    total, sys_s = m.get("proxy_s") or 0.0, m["proxy_sys_s"]
-                    user.append((total - sys_s) * 1e6 / n)
-                    system.append(sys_s * 1e6 / n)
-                if r["test"] == f"syscalls_{tr}" and m.get("syscalls") is not None:
-                    calls.append(m["syscalls"] / n)
-            if not (user or calls):
+            split = cpu_split(runs, proxy, f"rate_{tr}", f"syscalls_{tr}", "received")
+            if split is None:
                 continue
             rows += 1
-            u, sy = med(user), med(system)
-            share = sy / (u + sy) if u is not None and sy is not None and (u + sy) else None
-            L.append(f"| {NAMES[proxy]} | {tr} | {fmt(u)} | {fmt(sy)} | "
-                     f"{fmt(share * 100, 0) + '%' if share is not None else '—'} | {fmt(med(calls))} |")
+            u, sy, c = split
+            L.append(f"| {NAMES[proxy]} | {tr} | {fmt(u)} | {fmt(sy)} | {share_cell(u, sy)} | {fmt(c)} |")
     if not rows:
         return "## Where the proxy's CPU goes, per echoed message\n\nNot measured in this run (needs `perf`).\n"
     return "\n".join(L) + "\n" + handshake_breakdown(runs)
@@ -594,29 +609,16 @@ def handshake_breakdown(runs):
          "|---|---|---|---|---|---|"]
     split = {}
     for proxy in CANDIDATES:
-        user, system, calls = [], [], []
-        for r in runs:
-            s, m = r.get("summary") or {}, r.get("machine") or {}
-            n = s.get("completed") or 0
-            if r["proxy"] != proxy or not n:
-                continue
-            if r["test"] == "handshake_ws" and m.get("proxy_sys_s") is not None:
-                total, sys_s = m.get("proxy_s") or 0.0, m["proxy_sys_s"]
-                user.append((total - sys_s) * 1e6 / n)
-                system.append(sys_s * 1e6 / n)
-            if r["test"] == "syscalls_hs" and m.get("syscalls") is not None:
-                calls.append(m["syscalls"] / n)
-        if user or calls:
-            split[proxy] = (med(user), med(system), med(calls))
+        row = cpu_split(runs, proxy, "handshake_ws", "syscalls_hs", "completed")
+        if row is not None:
+            split[proxy] = row
     if not split:
         return ""
     base = split.get("haproxy")
     base_total = base[0] + base[1] if base and base[0] is not None and base[1] is not None else None
     for proxy, (u, sy, c) in split.items():
-        share = sy / (u + sy) if u is not None and sy is not None and (u + sy) else None
         floor = f"{sy / base_total:.2f}×" if sy is not None and base_total else "—"
-        L.append(f"| {NAMES[proxy]} | {fmt(u)} | {fmt(sy)} | "
-                 f"{fmt(share * 100, 0) + '%' if share is not None else '—'} | {fmt(c)} | {floor} |")
+        L.append(f"| {NAMES[proxy]} | {fmt(u)} | {fmt(sy)} | {share_cell(u, sy)} | {fmt(c)} | {floor} |")
     return "\n".join(L) + "\n"
 
 
